@@ -1,0 +1,168 @@
+"""The `downlink` command: run services, migrate, make tokens, and a client for people."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+from shared.errors import ConfigError
+from shared.settings import Settings
+from shared.telemetry import setup_logging
+
+ServiceMain = Callable[[Settings], Coroutine[Any, Any, None]]
+
+
+def _load_env_file(path: str | None) -> None:
+    """KEY=VALUE lines; variables already in the environment win."""
+    if path is None:
+        return
+    for number, raw in enumerate(Path(path).read_text().splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.removeprefix("export ").partition("=")
+        if not sep:
+            raise ConfigError(f"{path}:{number}: expected KEY=VALUE, got {raw!r}")
+        os.environ.setdefault(key.strip(), value.strip().strip("'\""))
+
+
+def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
+    _load_env_file(getattr(args, "env_file", None))
+    settings = Settings.from_env()
+    changes = {name: value for name, value in overrides.items() if value is not None}
+    if getattr(args, "log_level", None):
+        changes["log_level"] = args.log_level.upper()
+    return settings.replace(**changes) if changes else settings
+
+
+def _service_main(service: str) -> ServiceMain:
+    # Imported lazily: `downlink token create` must not pay for aiohttp, litestar and friends.
+    if service == "gateway":
+        from services.gateway.app import serve as gateway
+
+        return gateway
+    if service == "downloader":
+        from services.downloader.app import serve as downloader
+
+        return downloader
+    if service == "processor":
+        from services.processor.app import serve as processor
+
+        return processor
+    from services.exporter.app import serve as exporter
+
+    return exporter
+
+
+def _run_service(args: argparse.Namespace) -> int:
+    settings = _settings(
+        args,
+        http_port=getattr(args, "port", None),
+        http_host=getattr(args, "host", None),
+        download_concurrency=getattr(args, "concurrency", None),
+    )
+    setup_logging(args.command, settings.log_level)
+    asyncio.run(_service_main(args.command)(settings))
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from shared.postgres import migrate
+
+    settings = _settings(args)
+    applied = asyncio.run(migrate(settings.database_url))
+    print(f"applied {', '.join(applied)}" if applied else "database is up to date")
+    return 0
+
+
+def _token_create(args: argparse.Namespace) -> int:
+    from services.gateway.auth import create_token
+    from shared.postgres import migrate, open_pool
+
+    settings = _settings(args)
+
+    async def create() -> str:
+        await migrate(settings.database_url)
+        async with open_pool(settings.database_url, max_size=1) as pool:
+            return await create_token(pool, args.name, admin=args.admin)
+
+    token: str = asyncio.run(create())
+    print(token)
+    return 0
+
+
+def _stack(args: argparse.Namespace) -> int:
+    from services.stack import run_stack
+
+    settings = _settings(args, http_port=args.port)
+    return run_stack(settings, env_file=args.env_file)
+
+
+def _client(args: argparse.Namespace) -> int:
+    from services import client
+
+    return client.run(args)
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--env-file", metavar="FILE", help="read DOWNLINK_* variables from FILE")
+    parser.add_argument("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING or ERROR")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="downlink", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    migrate = commands.add_parser("migrate", help="apply the SQL migrations (idempotent)")
+    _add_common(migrate)
+    migrate.set_defaults(func=_migrate)
+
+    token = commands.add_parser("token", help="manage API tokens")
+    token_commands = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
+    create = token_commands.add_parser("create", help="create a user if needed and print a token")
+    create.add_argument("name")
+    create.add_argument("--admin", action="store_true", help="the user may use admin routes")
+    _add_common(create)
+    create.set_defaults(func=_token_create)
+
+    gateway = commands.add_parser("gateway", help="run the HTTP gateway and the tracker")
+    gateway.add_argument("--port", type=int)
+    gateway.add_argument("--host")
+    downloader = commands.add_parser("downloader", help="run a downloader")
+    downloader.add_argument("--concurrency", type=int, help="parallel downloads in this process")
+    processor = commands.add_parser("processor", help="run a processor")
+    exporter = commands.add_parser("exporter", help="run an exporter")
+    for service in (gateway, downloader, processor, exporter):
+        _add_common(service)
+        service.set_defaults(func=_run_service)
+
+    stack = commands.add_parser("stack", help="run every service under one supervisor")
+    stack.add_argument("--port", type=int)
+    _add_common(stack)
+    stack.set_defaults(func=_stack)
+
+    from services.client import add_client_commands
+
+    add_client_commands(commands, _client)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result: int = args.func(args)
+    except ConfigError as exc:
+        print(f"downlink: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""`downlink submit | status | jobs | cancel`: a small HTTP client for people."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+_FINAL = {"completed", "partial", "failed", "cancelled"}
+console = Console()
+
+
+class ClientError(Exception):
+    """The API refused a request; the message is the API's own."""
+
+
+def add_client_commands(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    handler: Callable[[argparse.Namespace], int],
+) -> None:
+    """Register the client subcommands on the `downlink` parser."""
+    submit = commands.add_parser("submit", help="submit URLs for download")
+    submit.add_argument("urls", nargs="*", metavar="URL")
+    submit.add_argument("-i", "--input", metavar="FILE", help="read URLs from FILE, one a line")
+    submit.add_argument("--priority", type=int, default=5, help="1 (lowest) to 10 (highest)")
+    submit.add_argument("--wait", action="store_true", help="show progress until the job ends")
+    status = commands.add_parser("status", help="show a job's status")
+    status.add_argument("job_id")
+    jobs = commands.add_parser("jobs", help="list your jobs, newest first")
+    jobs.add_argument("--status", dest="status_filter")
+    cancel = commands.add_parser("cancel", help="cancel a job")
+    cancel.add_argument("job_id")
+    for parser in (submit, status, jobs, cancel):
+        parser.add_argument(
+            "--api",
+            default=os.environ.get("DOWNLINK_API_URL", "http://127.0.0.1:8000"),
+            help="gateway URL (DOWNLINK_API_URL)",
+        )
+        parser.add_argument(
+            "--token", default=os.environ.get("DOWNLINK_TOKEN"), help="API token (DOWNLINK_TOKEN)"
+        )
+        parser.set_defaults(func=handler)
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.token:
+        print("downlink: no token: pass --token or set DOWNLINK_TOKEN", file=sys.stderr)
+        return 2
+    with httpx.Client(
+        base_url=args.api, headers={"Authorization": f"Bearer {args.token}"}, timeout=30
+    ) as http:
+        try:
+            return _COMMANDS[args.command](http, args)
+        except ClientError as exc:
+            print(f"downlink: {exc}", file=sys.stderr)
+            return 1
+        except httpx.HTTPError as exc:
+            print(f"downlink: cannot reach {args.api}: {exc}", file=sys.stderr)
+            return 1
+
+
+def _call(http: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
+    response = http.request(method, path, **kwargs)
+    if response.status_code >= 400:
+        try:
+            detail = response.json()
+        except ValueError:
+            detail = response.text
+        raise ClientError(f"{response.status_code}: {detail}")
+    return response.json()
+
+
+def _submit(http: httpx.Client, args: argparse.Namespace) -> int:
+    urls = list(args.urls)
+    if args.input:
+        lines = Path(args.input).read_text().splitlines()
+        urls += [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    if not urls:
+        raise ClientError("nothing to submit: give URLs or -i FILE")
+    job = _call(
+        http, "POST", "/api/v1/downloads/download", json={"urls": urls, "priority": args.priority}
+    )
+    console.print(f"job [bold]{job['job_id']}[/] queued at position {job['queue_position']}")
+    if not args.wait:
+        return 0
+    return _wait(http, job["job_id"])
+
+
+def _wait(http: httpx.Client, job_id: str) -> int:
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[files]}"),
+        DownloadColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console) as progress:
+        bar = progress.add_task("downloading", total=None, files="")
+        while True:
+            status = _call(http, "GET", f"/api/v1/downloads/jobs/{job_id}")
+            p = status["progress"]
+            ended = p["completed"] + p["failed"]
+            progress.update(
+                bar,
+                total=p["total"],
+                completed=ended,
+                files=f"{ended}/{p['total']} files",
+                description=status["status"],
+            )
+            if status["status"] in _FINAL:
+                break
+            time.sleep(0.5)
+    result = _call(http, "GET", f"/api/v1/downloads/jobs/{job_id}/result")
+    summary = result["summary"]
+    console.print(
+        f"{result['status']}: {summary['successful']} stored, {summary['failed']} failed, "
+        f"{summary['total_size']} bytes"
+    )
+    for item in result["results"]:
+        if item.get("error"):
+            console.print(f"  [red]failed[/] {item['url']}: {item['error']}")
+    return 0 if result["status"] == "completed" else 1
+
+
+def _status(http: httpx.Client, args: argparse.Namespace) -> int:
+    console.print_json(json.dumps(_call(http, "GET", f"/api/v1/downloads/jobs/{args.job_id}")))
+    return 0
+
+
+def _jobs(http: httpx.Client, args: argparse.Namespace) -> int:
+    params = {"status_filter": args.status_filter} if args.status_filter else {}
+    page = _call(http, "GET", "/api/v1/downloads/jobs", params=params)
+    table = Table("job", "status", "priority", "files", "created")
+    for job in page["jobs"]:
+        p = job["progress"]
+        table.add_row(
+            job["job_id"],
+            job["status"],
+            str(job["priority"]),
+            f"{p['completed']}/{p['total']}",
+            job["created_at"],
+        )
+    console.print(table)
+    return 0
+
+
+def _cancel(http: httpx.Client, args: argparse.Namespace) -> int:
+    result = _call(http, "POST", f"/api/v1/downloads/jobs/{args.job_id}/cancel", json={})
+    console.print(f"job {result['job_id']} {result['status']}")
+    return 0
+
+
+_COMMANDS: dict[str, Callable[[httpx.Client, argparse.Namespace], int]] = {
+    "submit": _submit,
+    "status": _status,
+    "jobs": _jobs,
+    "cancel": _cancel,
+}

@@ -1,0 +1,196 @@
+"""Download one file: a DownloadFile command in, a FileDownloaded event out (or a domain error).
+
+Plain async functions over Protocol-typed ports; no framework or Redis imports here.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, Protocol
+from urllib.parse import urlsplit
+
+from opentelemetry import trace
+
+from services.downloader.fetch import FetchLimits, fetch_into
+from services.downloader.naming import choose_name, variants
+from shared.errors import ChecksumMismatch, JobCancelled, PermanentError
+from shared.events import FileDownloaded, FileFailed, FileProgress, FileStarted
+from shared.ids import FileId, JobId, new_event_id
+
+if TYPE_CHECKING:
+    from contextlib import AbstractAsyncContextManager
+
+    import aiohttp
+
+    from services.downloader.limits import AddressGuard, HostLimits
+    from shared.broker import EventPublisher
+    from shared.events import DownloadFile
+    from shared.storage import Storage
+
+log = logging.getLogger(__name__)
+tracer = trace.get_tracer("downlink.downloader")
+
+
+class Completions(Protocol):
+    """Remembers finished files, so a redelivered command is skipped."""
+
+    async def get(self, file_id: FileId) -> FileDownloaded | None: ...
+
+    async def put(self, event: FileDownloaded) -> None: ...
+
+
+Claim = Literal["new", "ours", "taken"]
+
+
+class NameRegistry(Protocol):
+    """Names taken inside a job; `claim` is atomic across every downloader."""
+
+    async def claim(self, job_id: JobId, name: str, file_id: FileId) -> Claim:
+        """ "new" when this call took the name, "ours" when this file took it before."""
+        ...
+
+
+class Cancellations(Protocol):
+    """Which jobs are cancelled; `watch` turns a cancel into JobCancelled in the caller."""
+
+    async def is_cancelled(self, job_id: JobId) -> bool: ...
+
+    def watch(self, job_id: JobId) -> AbstractAsyncContextManager[None]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DownloadDeps:
+    """Everything `download_file` needs, built once per process."""
+
+    session: aiohttp.ClientSession
+    storage: Storage
+    publisher: EventPublisher
+    completions: Completions
+    names: NameRegistry
+    cancellations: Cancellations
+    guard: AddressGuard
+    host_limits: HostLimits
+    limits: FetchLimits
+    worker: str
+
+
+async def download_file(
+    command: DownloadFile, deps: DownloadDeps, *, attempt: int
+) -> FileDownloaded:
+    """Fetch `command.url` into storage and announce it; idempotent per file id."""
+    if await deps.cancellations.is_cancelled(command.job_id):
+        raise JobCancelled(f"job {command.job_id} is cancelled")
+    done = await deps.completions.get(command.file_id)
+    if done is not None:
+        # Re-announce: the event may be what was lost; its id makes the replay a no-op.
+        await deps.publisher.publish(done)
+        return done
+    host = urlsplit(command.url).hostname or ""
+    with tracer.start_as_current_span(
+        "download",
+        attributes={
+            "downlink.job_id": command.job_id,
+            "downlink.file_id": command.file_id,
+            "url.host": host,
+            "downlink.attempt": attempt,
+        },
+    ) as span:
+        async with deps.cancellations.watch(command.job_id), deps.host_limits.slot(host):
+            await deps.publisher.publish(
+                FileStarted(
+                    event_id=new_event_id(),
+                    job_id=command.job_id,
+                    at=time.time(),
+                    file_id=command.file_id,
+                    attempt=attempt,
+                    worker=deps.worker,
+                )
+            )
+            event = await _fetch_and_store(command, deps)
+        span.set_attribute("downlink.bytes", event.size)
+    await deps.completions.put(event)
+    await deps.publisher.publish(event)
+    log.info(
+        "downloaded %s (%d bytes)",
+        event.filepath,
+        event.size,
+        extra={"job_id": command.job_id, "file_id": command.file_id},
+    )
+    return event
+
+
+async def _fetch_and_store(command: DownloadFile, deps: DownloadDeps) -> FileDownloaded:
+    async def report(done: int, total: int | None, rate_bps: float) -> None:
+        await deps.publisher.publish(
+            FileProgress(
+                event_id=new_event_id(),
+                job_id=command.job_id,
+                at=time.time(),
+                file_id=command.file_id,
+                bytes_downloaded=done,
+                total_bytes=total,
+                rate_bps=rate_bps,
+            )
+        )
+
+    part = await deps.storage.open_part(command.file_id, resume=False)
+    committed = False
+    try:
+        fetched = await fetch_into(
+            deps.session,
+            command.url,
+            part,
+            guard=deps.guard,
+            limits=deps.limits,
+            on_progress=report,
+        )
+        if command.sha256 is not None and fetched.sha256 != command.sha256:
+            raise ChecksumMismatch(
+                f"checksum mismatch for {command.url}: "
+                f"expected {command.sha256}, got {fetched.sha256}"
+            )
+        name = await _unique_name(command, deps, fetched.disposition_name)
+        key = f"{command.user_id}/{command.job_id}/{name}"
+        await part.commit(key)
+        committed = True
+    finally:
+        if not committed:
+            await part.abort()
+    return FileDownloaded(
+        event_id=new_event_id(),
+        job_id=command.job_id,
+        at=time.time(),
+        file_id=command.file_id,
+        filename=name,
+        filepath=key,
+        size=fetched.size,
+        sha256=fetched.sha256,
+        content_type=fetched.content_type,
+    )
+
+
+async def _unique_name(command: DownloadFile, deps: DownloadDeps, disposition: str | None) -> str:
+    wanted = choose_name(command.filename, disposition, command.url)
+    for candidate in variants(wanted):
+        key = f"{command.user_id}/{command.job_id}/{candidate}"
+        claim = await deps.names.claim(command.job_id, candidate, command.file_id)
+        # A new claim on a name already on disk means the registry was lost (a Redis flush):
+        # the file there belongs to another file id, so keep looking.
+        if claim == "ours" or (claim == "new" and not await deps.storage.exists(key)):
+            return candidate
+    raise PermanentError(f"no free name for {wanted!r} in job {command.job_id}")
+
+
+def failure_event(command: DownloadFile, error: BaseException, attempts: int) -> FileFailed:
+    """The FileFailed event announcing that `command` gave up."""
+    return FileFailed(
+        event_id=new_event_id(),
+        job_id=command.job_id,
+        at=time.time(),
+        file_id=command.file_id,
+        error=str(error) or type(error).__name__,
+        permanent=isinstance(error, PermanentError),
+        attempts=attempts,
+    )

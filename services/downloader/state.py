@@ -1,0 +1,123 @@
+"""Redis-backed ports of the downloader: finished files, taken names, cancelled jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import OrderedDict, defaultdict
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+import msgspec
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from shared.errors import JobCancelled
+from shared.events import FileDownloaded
+from shared.streams import CANCEL_CHANNEL, cancelled_key, done_key, names_key
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from services.downloader.handlers import Claim
+    from shared.ids import FileId, JobId
+
+log = logging.getLogger(__name__)
+
+_CLAIM_NAME = """
+local owner = redis.call('HGET', KEYS[1], ARGV[1])
+if not owner then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+  return 'new'
+elseif owner == ARGV[2] then
+  return 'ours'
+end
+return 'taken'
+"""
+
+
+class RedisCompletions:
+    """FileDownloaded events of finished files, kept for the retention period."""
+
+    def __init__(self, redis: Redis, ttl_s: int) -> None:
+        self._redis = redis
+        self._ttl_s = ttl_s
+        self._decoder = msgspec.json.Decoder(FileDownloaded)
+
+    async def get(self, file_id: FileId) -> FileDownloaded | None:
+        raw = await self._redis.get(done_key(file_id))
+        return self._decoder.decode(raw) if raw else None
+
+    async def put(self, event: FileDownloaded) -> None:
+        await self._redis.set(done_key(event.file_id), msgspec.json.encode(event), ex=self._ttl_s)
+
+
+class RedisNames:
+    """One hash per job: filename -> file id."""
+
+    def __init__(self, redis: Redis, ttl_s: int) -> None:
+        self._redis = redis
+        self._ttl_s = ttl_s
+
+    async def claim(self, job_id: JobId, name: str, file_id: FileId) -> Claim:
+        result = await self._redis.eval(
+            _CLAIM_NAME, 1, names_key(job_id), name, file_id, self._ttl_s
+        )
+        text = result.decode() if isinstance(result, bytes) else str(result)
+        if text not in ("new", "ours", "taken"):
+            raise RuntimeError(f"unexpected name claim answer {text!r}")
+        return text  # type: ignore[return-value]
+
+
+class CancelWatcher:
+    """Aborts in-flight work of a job within moments of its cancel being published."""
+
+    _REMEMBERED = 10_000
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._tasks: defaultdict[str, set[asyncio.Task[object]]] = defaultdict(set)
+        self._cancelled: OrderedDict[str, None] = OrderedDict()
+
+    async def is_cancelled(self, job_id: JobId) -> bool:
+        return job_id in self._cancelled or bool(await self._redis.exists(cancelled_key(job_id)))
+
+    @contextlib.asynccontextmanager
+    async def watch(self, job_id: JobId) -> AsyncIterator[None]:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks[job_id].add(task)
+        try:
+            yield
+        except asyncio.CancelledError:
+            # Our own cancel (not a shutdown's): swallow it and report the job's cancellation.
+            if job_id in self._cancelled and task.uncancel() == 0:
+                raise JobCancelled(f"job {job_id} was cancelled") from None
+            raise
+        finally:
+            self._tasks[job_id].discard(task)
+            if not self._tasks[job_id]:
+                del self._tasks[job_id]
+
+    def cancel(self, job_id: str) -> None:
+        self._cancelled[job_id] = None
+        while len(self._cancelled) > self._REMEMBERED:
+            self._cancelled.popitem(last=False)
+        for task in list(self._tasks.get(job_id, ())):
+            task.cancel()
+
+    async def listen(self) -> None:
+        """Follow the cancel channel until cancelled; reconnects after a Redis outage."""
+        while True:
+            try:
+                async with self._redis.pubsub() as pubsub:
+                    await pubsub.subscribe(CANCEL_CHANNEL)
+                    async for message in pubsub.listen():
+                        if message.get("type") == "message":
+                            job_id = message["data"].decode()
+                            log.info("job %s cancelled: aborting its downloads", job_id)
+                            self.cancel(job_id)
+            except (RedisConnectionError, OSError) as exc:
+                log.warning("cancel channel lost (%s); resubscribing", exc)
+                await asyncio.sleep(1)

@@ -1,0 +1,458 @@
+"""The one consumer machinery: read lanes by priority, run a handler, ack, retry or dead-letter.
+
+It knows nothing of downloads: a service hands it streams, a group, a handler and a policy.
+This is the only code that acknowledges. FastStream's nack/reject do nothing on Redis Streams,
+so retries (a delayed re-publish with backoff), leases (XCLAIM ... JUSTID), reclaim of a dead
+consumer's entries (XAUTOCLAIM) and dead letters are built here on redis-py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+from faststream.redis.parser import BinaryMessageFormatV1
+from opentelemetry import propagate, trace
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from shared.errors import JobCancelled, PermanentError, PoisonMessage, TransientError
+from shared.streams import DEAD_STREAM, DELAYED_KEY
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+log = logging.getLogger(__name__)
+
+ATTEMPT_HEADER = "downlink-attempt"
+DATA_FIELD = b"__data__"
+_READ_BLOCK_MS = 1000
+_REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+
+# Moves due retries back onto their stream in one atomic step, so a crash between the two
+# writes can neither lose nor duplicate a retry. Member: stream name, "\n", the stream frame.
+_MOVE_DUE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 100)
+for _, member in ipairs(due) do
+  local sep = string.find(member, '\\n', 1, true)
+  redis.call('XADD', string.sub(member, 1, sep - 1), '*', '__data__', string.sub(member, sep + 1))
+  redis.call('ZREM', KEYS[1], member)
+end
+return #due
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One stream entry handed to a handler.
+
+    Attributes:
+        stream: the stream it was read from.
+        entry_id: its Redis entry id.
+        body: the message body (JSON).
+        headers: the frame's headers (traceparent, correlation id, attempt).
+        attempt: 1 on the first try; counts retries and crashed deliveries.
+    """
+
+    stream: str
+    entry_id: str
+    body: bytes
+    headers: dict[str, Any]
+    attempt: int
+
+
+Handler = Callable[[Delivery], Awaitable[None]]
+DeadHook = Callable[[Delivery, BaseException], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerPolicy:
+    """How a consumer paces, retries and gives up; plain data so user tasks can carry one."""
+
+    concurrency: int = 1
+    max_tries: int = 3
+    retry_backoff_s: float = 5.0
+    claim_idle_s: float = 30.0
+    lease_renew_s: float = 5.0
+    shutdown_grace_s: float = 30.0
+
+    def backoff_s(self, attempt: int, retry_after_s: float | None = None) -> float:
+        """Delay before try `attempt + 1`: doubling from the base, with jitter."""
+        if retry_after_s is not None:
+            return retry_after_s
+        base: float = self.retry_backoff_s * 2 ** (attempt - 1)
+        return base * random.uniform(0.8, 1.2)
+
+
+@dataclass(slots=True)
+class ConsumerStats:
+    """Counts a worker reports about itself."""
+
+    processed: int = 0
+    failed: int = 0
+    retried: int = 0
+    dead: int = 0
+    in_flight: int = 0
+
+
+@dataclass
+class StreamConsumer:
+    """Consumes `streams` (highest priority first) in `group` as `consumer`."""
+
+    redis: Redis
+    streams: Sequence[str]
+    group: str
+    consumer: str
+    handler: Handler
+    policy: ConsumerPolicy = field(default_factory=ConsumerPolicy)
+    on_dead: DeadHook | None = None
+    tracer_provider: trace.TracerProvider | None = None
+    stats: ConsumerStats = field(default_factory=ConsumerStats)
+
+    def __post_init__(self) -> None:
+        self._slots = asyncio.Semaphore(self.policy.concurrency)
+        self._stopping = asyncio.Event()
+        self._in_flight: dict[asyncio.Task[None], tuple[str, str]] = {}
+        self._tracer = trace.get_tracer("downlink.consumer", tracer_provider=self.tracer_provider)
+
+    async def run(self) -> None:
+        """Consume until `stop()`; in-flight work then gets the grace period to finish."""
+        await ensure_groups(self.redis, {self.group: tuple(self.streams)})
+        background = [
+            asyncio.create_task(self._every(self.policy.lease_renew_s, self._renew_leases)),
+            asyncio.create_task(self._every(self._reclaim_interval_s, self._reclaim)),
+            asyncio.create_task(self._every(0.5, self._move_due_retries)),
+        ]
+        try:
+            await self._read_loop()
+            await self._drain()
+        finally:
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+
+    def stop(self) -> None:
+        """Stop reading; `run()` returns once in-flight work ends or the grace runs out."""
+        self._stopping.set()
+
+    @property
+    def _reclaim_interval_s(self) -> float:
+        return max(0.5, min(5.0, self.policy.claim_idle_s / 4))
+
+    # --- reading ------------------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        while not self._stopping.is_set():
+            await self._slots.acquire()
+            try:
+                entries = await self._read_next()
+            except ResponseError as exc:
+                self._slots.release()
+                if "NOGROUP" not in str(exc):
+                    raise
+                # The stream or group vanished (a flush): recreate and go on reading.
+                log.warning("consumer group %s missing; recreating it", self.group)
+                await ensure_groups(self.redis, {self.group: tuple(self.streams)})
+                continue
+            except _REDIS_DOWN as exc:
+                self._slots.release()
+                log.warning("redis unreachable while reading: %s", exc)
+                await self._sleep_unless_stopping(1.0)
+                continue
+            if not entries:
+                self._slots.release()
+                continue
+            for index, (stream, entry_id, fields) in enumerate(entries):
+                self._spawn(stream, entry_id, fields, delivery_count=1, has_slot=index == 0)
+
+    async def _read_next(self) -> list[tuple[str, str, dict[bytes, bytes]]]:
+        # Highest lane first, without blocking; only when all are empty block on all of them.
+        for stream in self.streams:
+            response = await self.redis.xreadgroup(
+                self.group, self.consumer, {stream: ">"}, count=1
+            )
+            if response:
+                return _flatten(response)
+        if self._stopping.is_set():
+            return []
+        response = await self.redis.xreadgroup(
+            self.group,
+            self.consumer,
+            dict.fromkeys(self.streams, ">"),
+            count=1,
+            block=_READ_BLOCK_MS,
+        )
+        return _flatten(response) if response else []
+
+    def _spawn(
+        self,
+        stream: str,
+        entry_id: str,
+        fields: dict[bytes, bytes],
+        *,
+        delivery_count: int,
+        has_slot: bool,
+    ) -> None:
+        task = asyncio.create_task(
+            self._run_entry(stream, entry_id, fields, delivery_count, has_slot),
+            name=f"{self.group}:{stream}:{entry_id}",
+        )
+        self._in_flight[task] = (stream, entry_id)
+        task.add_done_callback(self._in_flight.pop)
+
+    async def _run_entry(
+        self,
+        stream: str,
+        entry_id: str,
+        fields: dict[bytes, bytes],
+        delivery_count: int,
+        has_slot: bool,
+    ) -> None:
+        if not has_slot:
+            await self._slots.acquire()
+        self.stats.in_flight += 1
+        try:
+            await self._handle(stream, entry_id, fields, delivery_count)
+        finally:
+            self.stats.in_flight -= 1
+            self._slots.release()
+
+    async def _handle(
+        self, stream: str, entry_id: str, fields: dict[bytes, bytes], delivery_count: int
+    ) -> None:
+        frame = fields.get(DATA_FIELD, b"")
+        try:
+            body, headers = BinaryMessageFormatV1.parse(frame)
+        except Exception:
+            body, headers = frame, {}
+        earlier = _int_header(headers, ATTEMPT_HEADER)
+        delivery = Delivery(stream, entry_id, body, headers, attempt=earlier + delivery_count)
+        parent = propagate.extract(headers)
+        with self._tracer.start_as_current_span(
+            f"{stream} process",
+            context=parent,
+            kind=trace.SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "redis",
+                "messaging.destination.name": stream,
+                "messaging.message.id": entry_id,
+                "messaging.consumer.group.name": self.group,
+                "downlink.attempt": delivery.attempt,
+            },
+        ) as span:
+            try:
+                if not frame or not body:
+                    raise PoisonMessage(f"entry {entry_id} of {stream} has no readable body")
+                await self.handler(delivery)
+            except JobCancelled:
+                await self._ack(delivery)
+            except PermanentError as exc:
+                span.record_exception(exc)
+                await self._dead_letter(delivery, exc)
+            except Exception as exc:
+                span.record_exception(exc)
+                if delivery.attempt >= self.policy.max_tries:
+                    await self._dead_letter(delivery, exc)
+                else:
+                    retry_after = exc.retry_after_s if isinstance(exc, TransientError) else None
+                    await self._retry_later(delivery, frame, retry_after)
+            else:
+                self.stats.processed += 1
+                await self._ack(delivery)
+
+    # --- outcomes -----------------------------------------------------------------------------
+
+    async def _ack(self, delivery: Delivery) -> None:
+        # Shielded: a shutdown arriving now must not leave done work unacknowledged.
+        await asyncio.shield(self.redis.xack(delivery.stream, self.group, delivery.entry_id))
+
+    async def _retry_later(
+        self, delivery: Delivery, frame: bytes, retry_after_s: float | None
+    ) -> None:
+        delay_s = self.policy.backoff_s(delivery.attempt, retry_after_s)
+        headers = {**delivery.headers, ATTEMPT_HEADER: str(delivery.attempt)}
+        new_frame = await BinaryMessageFormatV1.encode(
+            message=delivery.body,
+            reply_to=None,
+            headers=headers,
+            correlation_id=str(headers.get("correlation_id", delivery.entry_id)),
+        )
+        member = delivery.stream.encode() + b"\n" + new_frame
+        log.info(
+            "retrying %s entry %s in %.1fs (attempt %d of %d)",
+            delivery.stream,
+            delivery.entry_id,
+            delay_s,
+            delivery.attempt,
+            self.policy.max_tries,
+        )
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zadd(DELAYED_KEY, {member: time.time() + delay_s})
+            pipe.xack(delivery.stream, self.group, delivery.entry_id)
+            await asyncio.shield(pipe.execute())
+        self.stats.retried += 1
+
+    async def _dead_letter(self, delivery: Delivery, error: BaseException) -> None:
+        log.warning(
+            "dead-lettering %s entry %s after %d tries: %s",
+            delivery.stream,
+            delivery.entry_id,
+            delivery.attempt,
+            error,
+        )
+        if self.on_dead is not None:
+            try:
+                await self.on_dead(delivery, error)
+            except PermanentError as hook_error:
+                # A poison body cannot be described by its service; the dead letter still is.
+                log.warning("dead-letter hook refused %s: %s", delivery.entry_id, hook_error)
+        letter = DeadLetter(
+            stream=delivery.stream,
+            group=self.group,
+            entry_id=delivery.entry_id,
+            error=f"{type(error).__name__}: {error}",
+            attempts=delivery.attempt,
+            consumer=self.consumer,
+            failed_at=time.time(),
+            body=delivery.body.decode("utf-8", "replace"),
+            headers={str(k): str(v) for k, v in delivery.headers.items()},
+        )
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(DEAD_STREAM, {b"letter": msgspec.json.encode(letter)})
+            pipe.xack(delivery.stream, self.group, delivery.entry_id)
+            await asyncio.shield(pipe.execute())
+        self.stats.failed += 1
+        self.stats.dead += 1
+
+    # --- background loops ---------------------------------------------------------------------
+
+    async def _renew_leases(self) -> None:
+        by_stream: dict[str, list[int | bytes | str | memoryview[int]]] = {}
+        for stream, entry_id in self._in_flight.values():
+            by_stream.setdefault(stream, []).append(entry_id)
+        for stream, ids in by_stream.items():
+            # JUSTID resets the idle time without counting a delivery.
+            await self.redis.xclaim(stream, self.group, self.consumer, 0, ids, justid=True)
+
+    async def _reclaim(self) -> None:
+        min_idle_ms = int(self.policy.claim_idle_s * 1000)
+        for stream in self.streams:
+            while not self._stopping.is_set() and not self._slots.locked():
+                await self._slots.acquire()
+                try:
+                    _next, claimed, deleted = await self.redis.xautoclaim(
+                        stream, self.group, self.consumer, min_idle_ms, "0-0", count=1
+                    )
+                except BaseException:
+                    self._slots.release()
+                    raise
+                if deleted:
+                    await self.redis.xack(stream, self.group, *deleted)
+                entries = [(eid, data) for eid, data in claimed if data]
+                if not entries:
+                    self._slots.release()
+                    break
+                entry_id, fields = entries[0]
+                entry_id_str = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+                count = await self._delivery_count(stream, entry_id_str)
+                log.info("reclaimed %s entry %s (delivery %d)", stream, entry_id_str, count)
+                self._spawn(stream, entry_id_str, fields, delivery_count=count, has_slot=True)
+        await self._forget_dead_consumers()
+
+    async def _delivery_count(self, stream: str, entry_id: str) -> int:
+        pending = await self.redis.xpending_range(stream, self.group, entry_id, entry_id, 1)
+        return int(pending[0]["times_delivered"]) if pending else 1
+
+    async def _forget_dead_consumers(self) -> None:
+        idle_limit_ms = int(self.policy.claim_idle_s * 2000)
+        for stream in self.streams:
+            for info in await self.redis.xinfo_consumers(stream, self.group):
+                name = _text(info["name"])
+                if name != self.consumer and info["pending"] == 0 and info["idle"] > idle_limit_ms:
+                    await self.redis.xgroup_delconsumer(stream, self.group, name)
+
+    async def _move_due_retries(self) -> None:
+        await self.redis.eval(_MOVE_DUE, 1, DELAYED_KEY, time.time())
+
+    async def _every(self, interval_s: float, step: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await step()
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    log.exception("%s failed", step.__name__)
+            except _REDIS_DOWN as exc:
+                log.warning("redis unreachable in %s: %s", step.__name__, exc)
+            except Exception:
+                log.exception("%s failed", step.__name__)
+
+    async def _drain(self) -> None:
+        if not self._in_flight:
+            return
+        tasks = set(self._in_flight)
+        log.info(
+            "waiting up to %.0fs for %d in-flight entries", self.policy.shutdown_grace_s, len(tasks)
+        )
+        _done, still_running = await asyncio.wait(tasks, timeout=self.policy.shutdown_grace_s)
+        for task in still_running:
+            # Left unacknowledged: another consumer reclaims them after the idle threshold.
+            task.cancel()
+        await asyncio.gather(*still_running, return_exceptions=True)
+
+    async def _sleep_unless_stopping(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+
+class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
+    """An entry that ran out of tries or failed permanently, as stored on `downlink:dead`."""
+
+    stream: str
+    group: str
+    entry_id: str
+    error: str
+    attempts: int
+    consumer: str
+    failed_at: float
+    body: str
+    headers: dict[str, str] = {}
+
+
+async def ensure_groups(redis: Redis, groups: dict[str, tuple[str, ...]]) -> None:
+    """Create each group on each stream at id 0, so nothing published before is skipped."""
+    for group, streams in groups.items():
+        for stream in streams:
+            try:
+                await redis.xgroup_create(stream, group, id="0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+
+def _flatten(response: Any) -> list[tuple[str, str, dict[bytes, bytes]]]:
+    return [
+        (_text(stream), _text(entry_id), fields)
+        for stream, entries in response
+        for entry_id, fields in entries
+        if fields
+    ]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _int_header(headers: dict[str, Any], name: str) -> int:
+    try:
+        return int(headers.get(name, 0))
+    except (TypeError, ValueError):
+        return 0

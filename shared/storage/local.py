@@ -1,0 +1,141 @@
+"""file:// storage: parts in a hidden folder, fsync, then an atomic rename into place."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
+
+from shared.storage import StorageError
+
+_PARTS = ".parts"
+
+
+def _safe_key(key: str) -> PurePosixPath:
+    path = PurePosixPath(key)
+    if not key or path.is_absolute() or any(p in ("", ".", "..") for p in key.split("/")):
+        raise StorageError(f"invalid storage key {key!r}")
+    if path.parts[0] == _PARTS:
+        raise StorageError(f"storage key {key!r} is reserved")
+    return path
+
+
+class LocalPart:
+    """A part file under `<root>/.parts/`; writes go to the page cache, commit fsyncs."""
+
+    def __init__(self, root: Path, path: Path, handle: BinaryIO) -> None:
+        self._root = root
+        self._path = path
+        self._handle = handle
+        self._size = handle.tell()
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def write(self, chunk: bytes) -> None:
+        self._handle.write(chunk)
+        self._size += len(chunk)
+
+    async def existing(self) -> AsyncIterator[bytes]:
+        self._handle.flush()
+        with self._path.open("rb") as source:
+            remaining = self._size
+            while remaining > 0:
+                chunk = await asyncio.to_thread(source.read, min(remaining, 1 << 22))
+                if not chunk:
+                    break
+                remaining -= len(chunk)
+                yield chunk
+
+    async def truncate(self) -> None:
+        self._handle.seek(0)
+        self._handle.truncate()
+        self._size = 0
+
+    async def commit(self, key: str) -> None:
+        target = self._root / _safe_key(key)
+        await asyncio.to_thread(self._commit, target)
+
+    def _commit(self, target: Path) -> None:
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+        self._handle.close()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self._path, target)
+        # The rename is durable only once its directory entry is.
+        dir_fd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    async def abort(self) -> None:
+        self._handle.close()
+        self._path.unlink(missing_ok=True)
+
+
+class LocalStorage:
+    """Objects as files under one root folder."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        (self.root / _PARTS).mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def from_url(cls, url: str) -> LocalStorage:
+        path = url.removeprefix("file://")
+        if not path:
+            raise StorageError("DOWNLINK_STORAGE_URL: file:// needs a path, e.g. file://./data")
+        return cls(Path(path))
+
+    def _path(self, key: str) -> Path:
+        return self.root / _safe_key(key)
+
+    def _part_path(self, part_id: str) -> Path:
+        if not part_id or "/" in part_id or part_id.startswith("."):
+            raise StorageError(f"invalid part id {part_id!r}")
+        return self.root / _PARTS / part_id
+
+    async def open_part(self, part_id: str, *, resume: bool) -> LocalPart:
+        path = self._part_path(part_id)
+        handle = path.open("ab" if resume else "wb")
+        return LocalPart(self.root, path, handle)
+
+    async def discard_part(self, part_id: str) -> None:
+        self._part_path(part_id).unlink(missing_ok=True)
+
+    async def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    async def size(self, key: str) -> int:
+        try:
+            return self._path(key).stat().st_size
+        except FileNotFoundError:
+            raise StorageError(f"no object {key!r}") from None
+
+    async def read(
+        self, key: str, start: int = 0, end: int | None = None, chunk_size: int = 1 << 20
+    ) -> AsyncIterator[bytes]:
+        path = self._path(key)
+        try:
+            source = path.open("rb")
+        except FileNotFoundError:
+            raise StorageError(f"no object {key!r}") from None
+        with source:
+            source.seek(start)
+            remaining = (end if end is not None else path.stat().st_size) - start
+            while remaining > 0:
+                chunk = await asyncio.to_thread(source.read, min(chunk_size, remaining))
+                if not chunk:
+                    break
+                remaining -= len(chunk)
+                yield chunk
+
+    async def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def local_path(self, key: str) -> Path:
+        return self._path(key)

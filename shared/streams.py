@@ -1,0 +1,66 @@
+"""Names of streams, groups and keys, the priority lanes and the consumer-name rule."""
+
+from __future__ import annotations
+
+import os
+import socket
+from enum import StrEnum
+
+from shared.ids import JobId
+
+
+class Lane(StrEnum):
+    """Work lanes, highest first; priorities 1-10 map onto them."""
+
+    HIGH = "high"  # priorities 8-10
+    NORMAL = "normal"  # priorities 4-7
+    LOW = "low"  # priorities 1-3
+
+
+def lane_for(priority: int) -> Lane:
+    if not 1 <= priority <= 10:
+        raise ValueError(f"priority must be 1-10, got {priority}")
+    if priority >= 8:
+        return Lane.HIGH
+    return Lane.NORMAL if priority >= 4 else Lane.LOW
+
+
+def download_stream(lane: Lane) -> str:
+    return f"downlink:downloads:{lane.value}"
+
+
+# Highest first: a consumer with a free slot reads them in this order.
+DOWNLOAD_LANES: tuple[str, ...] = tuple(download_stream(lane) for lane in Lane)
+EVENTS_STREAM = "downlink:events"
+DEAD_STREAM = "downlink:dead"
+DELAYED_KEY = "downlink:delayed"
+CANCEL_CHANNEL = "downlink:cancel"
+
+DOWNLOADER_GROUP = "downloader"
+TRACKER_GROUP = "tracker"
+
+# Every group reads these streams; created up front so no entry published earlier is skipped.
+GROUPS: dict[str, tuple[str, ...]] = {
+    DOWNLOADER_GROUP: DOWNLOAD_LANES,
+    TRACKER_GROUP: (EVENTS_STREAM,),
+}
+
+
+def cancelled_key(job_id: JobId) -> str:
+    """Set while a job is cancelled, so queued messages of it are skipped."""
+    return f"downlink:cancelled:{job_id}"
+
+
+def done_key(file_id: str) -> str:
+    """The FileDownloaded event of a finished file, so a redelivery is skipped."""
+    return f"downlink:done:{file_id}"
+
+
+def names_key(job_id: JobId) -> str:
+    """Hash of filename -> file_id: the names taken inside one job."""
+    return f"downlink:names:{job_id}"
+
+
+def consumer_name() -> str:
+    # A restarted process gets a new pid, hence a new consumer; its old one is reclaimed.
+    return f"{socket.gethostname()}-{os.getpid()}"
