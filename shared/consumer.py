@@ -150,14 +150,15 @@ class StreamConsumer:
     # --- reading ------------------------------------------------------------------------------
 
     async def _read_loop(self) -> None:
-        while not self._stopping.is_set():
-            await self._slots.acquire()
+        while await self._take_slot():
             try:
                 entries = await self._read_next()
             except ResponseError as exc:
                 self._slots.release()
-                if "NOGROUP" not in str(exc):
-                    raise
+                if not _stream_vanished(exc):
+                    log.exception("reading %s failed", ", ".join(self.streams))
+                    await self._sleep_unless_stopping(1.0)
+                    continue
                 # The stream or group vanished (a flush): recreate and go on reading.
                 log.warning("consumer group %s missing; recreating it", self.group)
                 await ensure_groups(self.redis, {self.group: tuple(self.streams)})
@@ -172,6 +173,32 @@ class StreamConsumer:
                 continue
             for index, (stream, entry_id, fields) in enumerate(entries):
                 self._spawn(stream, entry_id, fields, delivery_count=1, has_slot=index == 0)
+
+    async def _take_slot(self) -> bool:
+        """Wait for a free slot; False, holding none, once the consumer is stopping.
+
+        A stop must neither wait behind busy handlers for a slot nor take new work after.
+        """
+        if self._stopping.is_set():
+            return False
+        if not self._slots.locked():
+            return await self._slots.acquire()
+        acquire = asyncio.ensure_future(self._slots.acquire())
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait((acquire, stopping), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            acquire.cancel()  # a no-op once it holds the slot; a cancelled wait takes none
+            got_slot: bool
+            try:
+                got_slot = await acquire
+            except asyncio.CancelledError:
+                got_slot = False
+        if got_slot and self._stopping.is_set():
+            self._slots.release()
+            return False
+        return got_slot
 
     async def _read_next(self) -> list[tuple[str, str, dict[bytes, bytes]]]:
         # Highest lane first, without blocking; only when all are empty block on all of them.
@@ -344,28 +371,42 @@ class StreamConsumer:
 
     async def _reclaim(self) -> None:
         min_idle_ms = int(self.policy.claim_idle_s * 1000)
-        for stream in self.streams:
-            while not self._stopping.is_set() and not self._slots.locked():
-                await self._slots.acquire()
-                try:
-                    _next, claimed, deleted = await self.redis.xautoclaim(
-                        stream, self.group, self.consumer, min_idle_ms, "0-0", count=1
-                    )
-                except BaseException:
-                    self._slots.release()
-                    raise
-                if deleted:
-                    await self.redis.xack(stream, self.group, *deleted)
-                entries = [(eid, data) for eid, data in claimed if data]
-                if not entries:
-                    self._slots.release()
-                    break
-                entry_id, fields = entries[0]
-                entry_id_str = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-                count = await self._delivery_count(stream, entry_id_str)
-                log.info("reclaimed %s entry %s (delivery %d)", stream, entry_id_str, count)
-                self._spawn(stream, entry_id_str, fields, delivery_count=count, has_slot=True)
+        streams = list(self.streams)
+        # Wait for a slot rather than skip while none is free: with concurrency 1 the read loop
+        # holds the only slot during its blocking read, and reclaim would never run.
+        while streams and await self._take_slot():
+            try:
+                claimed = None
+                while streams and claimed is None:
+                    claimed = await self._claim_one(streams[0], min_idle_ms)
+                    if claimed is None:
+                        streams.pop(0)
+            except BaseException:
+                self._slots.release()
+                raise
+            if claimed is None or self._stopping.is_set():
+                # Nothing idle; or stopping, when a claimed entry stays pending for others.
+                self._slots.release()
+                break
+            stream, entry_id, fields, count = claimed
+            log.info("reclaimed %s entry %s (delivery %d)", stream, entry_id, count)
+            self._spawn(stream, entry_id, fields, delivery_count=count, has_slot=True)
         await self._forget_dead_consumers()
+
+    async def _claim_one(
+        self, stream: str, min_idle_ms: int
+    ) -> tuple[str, str, dict[bytes, bytes], int] | None:
+        _next, claimed, deleted = await self.redis.xautoclaim(
+            stream, self.group, self.consumer, min_idle_ms, "0-0", count=1
+        )
+        if deleted:
+            await self.redis.xack(stream, self.group, *deleted)
+        entries = [(eid, data) for eid, data in claimed if data]
+        if not entries:
+            return None
+        entry_id, fields = entries[0]
+        entry_id_str = _text(entry_id)
+        return stream, entry_id_str, fields, await self._delivery_count(stream, entry_id_str)
 
     async def _delivery_count(self, stream: str, entry_id: str) -> int:
         pending = await self.redis.xpending_range(stream, self.group, entry_id, entry_id, 1)
@@ -388,7 +429,7 @@ class StreamConsumer:
             try:
                 await step()
             except ResponseError as exc:
-                if "NOGROUP" not in str(exc):
+                if not _stream_vanished(exc):
                     log.exception("%s failed", step.__name__)
             except _REDIS_DOWN as exc:
                 log.warning("redis unreachable in %s: %s", step.__name__, exc)
@@ -436,6 +477,11 @@ async def ensure_groups(redis: Redis, groups: dict[str, tuple[str, ...]]) -> Non
             except ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
+
+
+def _stream_vanished(error: ResponseError) -> bool:
+    # NOGROUP: the group is gone; UNBLOCKED: the stream was deleted under a blocking read.
+    return any(code in str(error) for code in ("NOGROUP", "UNBLOCKED"))
 
 
 def _flatten(response: Any) -> list[tuple[str, str, dict[bytes, bytes]]]:
