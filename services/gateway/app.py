@@ -1,0 +1,281 @@
+"""Wiring of the gateway: `create_app(settings)`, its lifespan, the error-to-HTTP map, `serve()`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import uvicorn
+from litestar import Litestar, Request, Response, Router
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.middleware import DefineMiddleware
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from services.gateway import resources
+from services.gateway.auth import BearerTokenMiddleware, provide_user
+from services.gateway.controllers.downloads import DownloadsController
+from services.gateway.controllers.system import SystemController
+from services.gateway.errors import GatewayError
+from services.gateway.relay import OutboxRelay
+from services.gateway.repository import DATABASE_DOWN, JobRepository, User
+from services.gateway.schemas import ErrorBody
+from services.gateway.tracker import Tracker
+from shared.broker import create_broker
+from shared.consumer import ensure_groups
+from shared.postgres import open_pool
+from shared.redis_client import open_redis
+from shared.storage import open_storage
+from shared.streams import GROUPS
+from shared.telemetry import create_tracer_provider
+
+if TYPE_CHECKING:
+    from litestar.plugins import PluginProtocol
+    from litestar.types import ExceptionHandlersMap
+    from opentelemetry.trace import TracerProvider
+
+    from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+API_VERSION = "1.0.0"
+POOL_MAX_SIZE = 20
+_REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
+_BEARER = "BearerToken"
+_STARTUP_OUTAGES: tuple[type[BaseException], ...] = (*DATABASE_DOWN, OSError)
+
+
+def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = None) -> Litestar:
+    """The gateway application; nothing is opened until its lifespan starts."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        async with _open_resources(settings, tracer_provider) as opened:
+            resources.install(app.state, opened.resources)
+            try:
+                async with _running(opened.loops, grace_s=settings.shutdown_grace_s + 5):
+                    yield
+            finally:
+                resources.uninstall(app.state)
+
+    api = Router(
+        path="/api/v1",
+        route_handlers=[DownloadsController],
+        middleware=[DefineMiddleware(BearerTokenMiddleware)],
+        dependencies={"current_user": Provide(provide_user, sync_to_thread=False)},
+        security=[{_BEARER: []}],
+        signature_namespace={"User": User, "State": State},
+    )
+    return Litestar(
+        route_handlers=[SystemController, api],
+        lifespan=[lifespan],
+        exception_handlers=_error_map(),
+        openapi_config=OpenAPIConfig(
+            title="Downlink",
+            version=API_VERSION,
+            path="/schema",
+            description="Bulk downloads over Redis Streams; see DESIGN.md for the guarantees.",
+            components=Components(
+                security_schemes={
+                    _BEARER: SecurityScheme(
+                        type="http",
+                        scheme="bearer",
+                        description="a token from `downlink token create NAME`",
+                    )
+                }
+            ),
+        ),
+        plugins=_telemetry_plugins(tracer_provider),
+        # The CLI configures logging (JSON lines); Litestar must not install its own.
+        logging_config=None,
+    )
+
+
+async def serve(settings: Settings) -> None:
+    """Run the gateway with uvicorn until SIGINT/SIGTERM (`downlink gateway`)."""
+    tracer_provider = create_tracer_provider("gateway")
+    try:
+        app = create_app(settings, tracer_provider=tracer_provider)
+        config = uvicorn.Config(
+            app, host=settings.http_host, port=settings.http_port, log_config=None
+        )
+        server = uvicorn.Server(config)
+        log.info("gateway listening on http://%s:%d", settings.http_host, settings.http_port)
+        serving = asyncio.ensure_future(server.serve())
+        try:
+            await asyncio.shield(serving)
+        except asyncio.CancelledError:
+            # Cancelled by a supervisor: shut down as on SIGTERM, so the lifespan closes the
+            # pool, the broker and the background loops instead of leaking them.
+            server.should_exit = True
+            await serving
+            raise
+    finally:
+        tracer_provider.shutdown()
+
+
+# --- lifespan -------------------------------------------------------------------------------
+
+Loop = tuple[Callable[[], Coroutine[Any, Any, None]], Callable[[], None]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Opened:
+    """What the lifespan opened: the resources handlers use and the loops to run beside them."""
+
+    resources: resources.Resources
+    loops: list[Loop]
+
+
+@contextlib.asynccontextmanager
+async def _open_resources(
+    settings: Settings, tracer_provider: TracerProvider | None
+) -> AsyncIterator[_Opened]:
+    async with contextlib.AsyncExitStack() as stack:
+        # min_size=0: the gateway starts (and /ready says why it is not ready) while
+        # PostgreSQL is still down; the relay and the tracker wait for it.
+        pool = await stack.enter_async_context(
+            open_pool(settings.database_url, min_size=0, max_size=POOL_MAX_SIZE)
+        )
+        redis = await stack.enter_async_context(open_redis(settings.redis_url))
+        await ensure_groups(redis, GROUPS)
+        broker = create_broker(settings.redis_url, tracer_provider)
+        await broker.connect()
+        stack.push_async_callback(broker.stop)
+        storage = open_storage(settings.storage_url)
+        relay = OutboxRelay(
+            pool, broker, redis, keep_processed_events_s=settings.retention_days * 86_400.0
+        )
+        tracker = Tracker(
+            pool, redis, settings, on_outbox_written=relay.wake, tracer_provider=tracer_provider
+        )
+        await _warn_if_database_down(pool)
+        yield _Opened(
+            resources.Resources(
+                settings=settings,
+                pool=pool,
+                redis=redis,
+                storage=storage,
+                repository=JobRepository(pool),
+                relay=relay,
+            ),
+            loops=[(relay.run, relay.stop), (tracker.run, tracker.stop)],
+        )
+
+
+@contextlib.asynccontextmanager
+async def _running(loops: list[Loop], *, grace_s: float) -> AsyncIterator[None]:
+    """Run the background loops for the duration of the block, then stop them within `grace_s`."""
+    async with asyncio.TaskGroup() as group:
+        tasks = [
+            group.create_task(run(), name=getattr(run, "__qualname__", "loop")) for run, _ in loops
+        ]
+        try:
+            yield
+        finally:
+            for _, stop in loops:
+                stop()
+            _done, late = await asyncio.wait(tasks, timeout=grace_s)
+            for task in late:
+                log.warning("%s did not stop within %.0fs; cancelling it", task.get_name(), grace_s)
+                task.cancel()
+
+
+async def _warn_if_database_down(pool: Any) -> None:
+    try:
+        await asyncio.wait_for(pool.fetchval("SELECT 1"), 5.0)
+    except _STARTUP_OUTAGES as exc:
+        log.warning("PostgreSQL unreachable at start (%s); /ready answers 503 until it is", exc)
+
+
+def _telemetry_plugins(tracer_provider: TracerProvider | None) -> list[PluginProtocol]:
+    try:
+        from litestar.plugins.opentelemetry import (
+            OpenTelemetryConfig,
+            OpenTelemetryPlugin,
+        )
+    except ImportError:  # litestar[opentelemetry] not installed: run untraced
+        return []
+    config = OpenTelemetryConfig(
+        tracer_provider=tracer_provider,
+        # One span per request is what we read; one per ASGI message of a streamed file is noise.
+        exclude_spans=["receive", "send"],
+    )
+    return [OpenTelemetryPlugin(config)]
+
+
+# --- errors -> HTTP: the one mapping --------------------------------------------------------
+
+
+def _error_map() -> ExceptionHandlersMap:
+    handlers: dict[type[Exception], Callable[[Request[Any, Any, Any], Any], Response[Any]]] = {
+        GatewayError: _on_gateway_error,
+        ValidationException: _on_validation_error,
+        HTTPException: _on_http_exception,
+        Exception: _on_unexpected_error,
+    }
+    for error in (*DATABASE_DOWN, *_REDIS_DOWN):
+        handlers[error] = _on_dependency_down
+    return handlers  # type: ignore[return-value]
+
+
+def _error(
+    status_code: int, detail: str, *, headers: dict[str, str] | None = None, extra: Any = None
+) -> Response[ErrorBody]:
+    return Response(
+        ErrorBody(status_code=status_code, detail=detail, extra=extra),
+        status_code=status_code,
+        headers=headers,
+    )
+
+
+def _on_gateway_error(_: Request[Any, Any, Any], exc: GatewayError) -> Response[ErrorBody]:
+    return _error(exc.status_code, str(exc), headers=exc.headers or None)
+
+
+def _on_validation_error(
+    _: Request[Any, Any, Any], exc: ValidationException
+) -> Response[ErrorBody]:
+    # Litestar says "Validation failed for POST /path" and lists the fields in `extra`; the
+    # detail itself should name them, since that is the line people read.
+    problems = exc.extra if isinstance(exc.extra, list) else []
+    named = [_name_field(problem) for problem in problems if isinstance(problem, dict)]
+    detail = "; ".join(named) if named else exc.detail
+    return _error(exc.status_code, detail, extra=exc.extra or None)
+
+
+def _name_field(problem: dict[str, Any]) -> str:
+    message = str(problem.get("message", "invalid"))
+    key = str(problem.get("key") or "")
+    # "data" is the whole body: our own messages (schemas.py) already start with the field.
+    if not key or key == "data":
+        return message
+    if problem.get("source") == "header":
+        # Litestar names the handler's parameter (idempotency_key); clients know the header.
+        key = "-".join(part.capitalize() for part in key.split("_"))
+    return f"{key}: {message}"
+
+
+def _on_http_exception(_: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorBody]:
+    if exc.status_code >= 500:
+        log.error("HTTP %d: %s", exc.status_code, exc.detail, exc_info=exc)
+    return _error(exc.status_code, exc.detail, headers=exc.headers, extra=exc.extra or None)
+
+
+def _on_dependency_down(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+    which = "Redis" if isinstance(exc, _REDIS_DOWN) else "PostgreSQL"
+    log.warning("%s %s: %s unavailable: %s", request.method, request.url.path, which, exc)
+    return _error(503, f"{which} is unavailable; try again shortly", headers={"Retry-After": "5"})
+
+
+def _on_unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    return _error(500, "internal server error")

@@ -1,0 +1,71 @@
+"""Bearer tokens: creating them, authenticating every /api/v1 request, and the admin guard.
+
+Only the SHA-256 of a token is stored, so a leaked database does not leak working tokens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from typing import TYPE_CHECKING, Any
+
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
+from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
+
+from services.gateway import repository
+from services.gateway.repository import User
+from services.gateway.resources import resources_of
+
+if TYPE_CHECKING:
+    import asyncpg
+    from litestar import Request
+    from litestar.connection import ASGIConnection
+    from litestar.datastructures import State
+    from litestar.handlers import BaseRouteHandler
+
+TOKEN_PREFIX = "dl_"  # noqa: S105 - a prefix, not a secret
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="downlink"'}
+
+
+def hash_token(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+async def create_token(pool: asyncpg.Pool, name: str, *, admin: bool) -> str:
+    """Create the user `name` if missing (its admin flag set to `admin`) and return a new token."""
+    if not name.strip():
+        raise ValueError("a user name must not be empty")
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    await repository.save_token(pool, name.strip(), admin=admin, token_hash=hash_token(token))
+    return token
+
+
+class BearerTokenMiddleware(AbstractAuthenticationMiddleware):
+    """Resolves `Authorization: Bearer TOKEN` to a `User`; anything else answers 401."""
+
+    async def authenticate_request(
+        self, connection: ASGIConnection[Any, Any, Any, Any]
+    ) -> AuthenticationResult:
+        scheme, _, token = connection.headers.get("authorization", "").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise NotAuthorizedException(
+                "missing bearer token: send `Authorization: Bearer TOKEN`", headers=_CHALLENGE
+            )
+        pool = resources_of(connection.app.state).pool
+        user = await repository.user_for_token(pool, hash_token(token))
+        if user is None:
+            raise NotAuthorizedException("invalid or revoked token", headers=_CHALLENGE)
+        return AuthenticationResult(user=user, auth=token)
+
+
+def admin_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """Lets only admins through (403 for everyone else)."""
+    user = connection.user
+    if not isinstance(user, User) or not user.is_admin:
+        raise PermissionDeniedException("this route is for admins")
+
+
+def provide_user(request: Request[User, str, State]) -> User:
+    """The authenticated caller (the middleware has already refused anyone else)."""
+    return request.user

@@ -1,0 +1,237 @@
+"""/api/v1/downloads: submit jobs, follow them, cancel them and fetch their files."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+from urllib.parse import quote
+from uuid import UUID
+
+from litestar import Controller, get, post
+from litestar.di import NamedDependency, Provide
+from litestar.params import (
+    FromPath,
+    HeaderParameter,
+    JSONBody,
+    QueryParameter,
+    SkipValidation,
+)
+from litestar.response import Stream
+from redis.asyncio import Redis
+
+from services.gateway.cancellation import announce_cancel
+from services.gateway.errors import FileNotFound, InvalidRequest
+from services.gateway.ranges import parse_range
+from services.gateway.relay import OutboxRelay, trace_headers
+from services.gateway.repository import JobRepository, NewFile, NewJob, User
+from services.gateway.resources import (
+    provide_redis,
+    provide_relay,
+    provide_repository,
+    provide_settings,
+    provide_storage,
+)
+from services.gateway.schemas import (
+    CancelRequest,
+    CancelResponse,
+    JobListResponse,
+    JobResultResponse,
+    JobStatusResponse,
+    SubmitRequest,
+    SubmitResponse,
+)
+from services.gateway.statuses import JobStatus
+from shared.ids import FileId, JobId
+from shared.settings import Settings
+from shared.storage import Storage, StorageError
+
+_SECONDS_PER_DAY = 86_400
+
+
+class DownloadsController(Controller):
+    """Jobs of the authenticated user; another user's ids answer 404."""
+
+    path = "/downloads"
+    tags = ["downloads"]  # noqa: RUF012 - Litestar reads this class attribute as is
+    dependencies = {  # noqa: RUF012
+        "repository": Provide(provide_repository, sync_to_thread=False),
+        "relay": Provide(provide_relay, sync_to_thread=False),
+        "redis": Provide(provide_redis, sync_to_thread=False),
+        "storage": Provide(provide_storage, sync_to_thread=False),
+        "settings": Provide(provide_settings, sync_to_thread=False),
+    }
+    signature_namespace = {  # noqa: RUF012 - names Litestar resolves in the signatures
+        "JobRepository": JobRepository,
+        "OutboxRelay": OutboxRelay,
+        "Redis": Redis,
+        "Settings": Settings,
+        "Storage": Storage,
+        "User": User,
+    }
+
+    @post("/download", status_code=202, request_max_body_size=32 * 1024 * 1024)
+    async def submit(
+        self,
+        *,
+        data: JSONBody[SubmitRequest],
+        current_user: NamedDependency[User],
+        repository: NamedDependency[JobRepository],
+        relay: NamedDependency[OutboxRelay],
+        idempotency_key: Annotated[
+            str | None,
+            HeaderParameter(
+                name="Idempotency-Key",
+                min_length=1,
+                max_length=255,
+                description="same key, same user: the job of the first request is returned",
+            ),
+        ] = None,
+    ) -> SubmitResponse:
+        """Accept a download job: 1-10000 URLs, each downloaded into the caller's storage area."""
+        job = NewJob(
+            user_id=current_user.id,
+            priority=data.priority,
+            files=[
+                NewFile(
+                    url=file.url,
+                    filename=file.filename,
+                    sha256=file.sha256.lower() if file.sha256 else None,
+                )
+                for file in data.requested_files()
+            ],
+            metadata=data.metadata,
+            options=data.options(),
+            idempotency_key=idempotency_key,
+        )
+        submitted = await repository.submit(job, trace_headers=trace_headers())
+        if submitted.existing:
+            message = "a job with this Idempotency-Key exists already; nothing new was queued"
+        else:
+            relay.wake()
+            message = f"{len(job.files)} file(s) queued"
+        return SubmitResponse(
+            job_id=submitted.job_id,
+            status=submitted.status,
+            created_at=submitted.created_at,
+            queue_position=submitted.queue_position,
+            estimated_time=submitted.estimated_time_s,
+            message=message,
+        )
+
+    @get("/jobs")
+    async def list_jobs(
+        self,
+        *,
+        current_user: NamedDependency[User],
+        repository: NamedDependency[JobRepository],
+        status_filter: Annotated[
+            str | None,
+            QueryParameter(description=f"one of {', '.join(JobStatus)}; empty for all"),
+        ] = None,
+        page: Annotated[int, QueryParameter(ge=1)] = 1,
+        per_page: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
+    ) -> JobListResponse:
+        """The caller's jobs, newest first."""
+        status: JobStatus | None = None
+        if status_filter:
+            try:
+                status = JobStatus(status_filter)
+            except ValueError:
+                raise InvalidRequest(
+                    f"status_filter: {status_filter!r} is not one of {', '.join(JobStatus)}"
+                ) from None
+        return await repository.list_jobs(
+            current_user.id, status=status, page=page, per_page=per_page
+        )
+
+    @get("/jobs/{job_id:uuid}")
+    async def job_status(
+        self,
+        *,
+        job_id: FromPath[UUID],
+        current_user: NamedDependency[User],
+        repository: NamedDependency[JobRepository],
+    ) -> JobStatusResponse:
+        """Status and progress of one job."""
+        return await repository.job_status(current_user.id, JobId(str(job_id)))
+
+    @get("/jobs/{job_id:uuid}/result")
+    async def job_result(
+        self,
+        *,
+        job_id: FromPath[UUID],
+        current_user: NamedDependency[User],
+        repository: NamedDependency[JobRepository],
+    ) -> JobResultResponse:
+        """Every file of the job with where it is stored, its size and hash."""
+        return await repository.job_result(current_user.id, JobId(str(job_id)))
+
+    @post("/jobs/{job_id:uuid}/cancel", status_code=200)
+    async def cancel(
+        self,
+        *,
+        job_id: FromPath[UUID],
+        current_user: NamedDependency[User],
+        repository: NamedDependency[JobRepository],
+        relay: NamedDependency[OutboxRelay],
+        redis: NamedDependency[Redis],
+        settings: NamedDependency[Settings],
+        data: JSONBody[CancelRequest | None] = None,
+    ) -> CancelResponse:
+        """Cancel a job that has not ended; 409 when it has."""
+        job = JobId(str(job_id))
+        await repository.cancel(
+            current_user.id,
+            job,
+            reason=data.reason if data else None,
+            trace_headers=trace_headers(),
+        )
+        relay.wake()
+        await announce_cancel(redis, job, ttl_s=settings.retention_days * _SECONDS_PER_DAY)
+        return CancelResponse(job_id=job, status=JobStatus.CANCELLED)
+
+    @get("/files/{file_id:uuid}")
+    async def download_file(
+        self,
+        *,
+        file_id: FromPath[UUID],
+        current_user: NamedDependency[User],
+        repository: NamedDependency[JobRepository],
+        # Storage is a Protocol, which Litestar's isinstance check of dependencies cannot test.
+        storage: NamedDependency[SkipValidation[Storage]],
+        range_header: Annotated[str | None, HeaderParameter(name="Range")] = None,
+        if_range: Annotated[str | None, HeaderParameter(name="If-Range")] = None,
+    ) -> Stream:
+        """The stored bytes of a downloaded file; a single `Range` answers 206."""
+        stored = await repository.stored_file(current_user.id, FileId(str(file_id)))
+        try:
+            size = await storage.size(stored.filepath)
+        except StorageError:
+            raise FileNotFound(stored.file_id, "is no longer in storage") from None
+        etag = f'"{stored.sha256}"' if stored.sha256 else None
+        # If-Range: honour the range only while the client's copy is still the stored one.
+        wanted = parse_range(range_header, size) if if_range in (None, etag) else None
+        headers = {
+            "Accept-Ranges": "bytes",
+            "Content-Disposition": _attachment(stored.filename),
+        }
+        if etag:
+            headers["ETag"] = etag
+        if wanted is None:
+            start, end, status_code = 0, size, 200
+        else:
+            start, end, status_code = wanted.start, wanted.end, 206
+            headers["Content-Range"] = wanted.content_range
+        headers["Content-Length"] = str(end - start)
+        return Stream(
+            storage.read(stored.filepath, start, end),
+            status_code=status_code,
+            headers=headers,
+            media_type=stored.content_type or "application/octet-stream",
+        )
+
+
+def _attachment(filename: str) -> str:
+    # An ASCII fallback for old clients, and the exact UTF-8 name for everyone else (RFC 6266).
+    fallback = re.sub(r"[^A-Za-z0-9._ -]", "_", filename) or "download"
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"

@@ -1,0 +1,73 @@
+"""The gateway's domain errors; app.py maps each onto its HTTP status in one place.
+
+DownlinkError (shared.errors)
+└── GatewayError
+    ├── InvalidRequest        400  a parameter or header is malformed; the message names it
+    ├── NotFound              404  missing, or another user's
+    │   ├── JobNotFound
+    │   └── FileNotFound
+    ├── JobAlreadyEnded       409  the job reached a final state before the request
+    ├── RangeNotSatisfiable   416  a Range header outside the stored bytes
+    └── ServiceUnavailable    503  PostgreSQL or Redis cannot be reached
+"""
+
+from __future__ import annotations
+
+from shared.errors import DownlinkError
+
+
+class GatewayError(DownlinkError):
+    """An error with an HTTP meaning; `status_code` is what the client sees."""
+
+    status_code = 500
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Headers the response must carry (Content-Range on a 416, for instance)."""
+        return {}
+
+
+class InvalidRequest(GatewayError):
+    """A parameter or header is malformed; the message starts with its name."""
+
+    status_code = 400
+
+
+class NotFound(GatewayError):
+    """Nothing by that id belongs to the caller (another user's ids answer the same)."""
+
+    status_code = 404
+
+
+class JobNotFound(NotFound):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id} not found")
+
+
+class FileNotFound(NotFound):
+    def __init__(self, file_id: str, reason: str = "not found") -> None:
+        super().__init__(f"file {file_id} {reason}")
+
+
+class JobAlreadyEnded(GatewayError):
+    status_code = 409
+
+    def __init__(self, job_id: str, status: str) -> None:
+        super().__init__(f"job {job_id} already ended: {status}")
+        self.status = status
+
+
+class RangeNotSatisfiable(GatewayError):
+    status_code = 416
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"requested range not satisfiable; the file has {size} bytes")
+        self.size = size
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Content-Range": f"bytes */{self.size}"}
+
+
+class ServiceUnavailable(GatewayError):
+    status_code = 503

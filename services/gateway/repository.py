@@ -1,0 +1,610 @@
+"""All of the gateway's SQL: tokens, jobs and files, the outbox, and the tracker's projection.
+
+Queries return msgspec Structs (schemas.py for what the API shows, the records below for the
+rest). Writes that belong together run in one transaction here, never across modules.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+import msgspec
+
+from services.gateway.errors import FileNotFound, JobAlreadyEnded, JobNotFound
+from services.gateway.schemas import (
+    FileResult,
+    JobListResponse,
+    JobResultResponse,
+    JobStatusResponse,
+    Progress,
+    ResultSummary,
+)
+from services.gateway.statuses import FINAL_JOB_STATUSES, FileStatus, JobStatus
+from shared.events import ENCODER, DownloadFile, JobFinished
+from shared.ids import FileId, JobId, UserId, new_event_id, new_file_id, new_job_id
+from shared.streams import EVENTS_STREAM, download_stream, lane_for
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from shared.events import FileDownloaded, FileFailed, FileProgress, FileStarted
+
+# Errors that mean "PostgreSQL is not reachable right now" rather than "this query is wrong":
+# callers wait and retry on these (and the API answers 503), never give the work up.
+DATABASE_DOWN: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,  # shutdown, "cannot connect now"
+    asyncpg.exceptions.InsufficientResourcesError,  # too many connections
+    asyncpg.exceptions.TransactionRollbackError,  # deadlock or serialization: simply retry
+    ConnectionError,
+    TimeoutError,
+)
+
+# Throughput for estimates is measured over this window.
+THROUGHPUT_WINDOW_S = 300
+
+_FINAL_FILE = ("completed", "failed", "cancelled")
+
+
+# --- records that are not HTTP bodies -------------------------------------------------------
+
+
+class User(msgspec.Struct, frozen=True, kw_only=True):
+    """The caller behind a bearer token."""
+
+    id: UserId
+    name: str
+    is_admin: bool
+
+
+class NewFile(msgspec.Struct, frozen=True, kw_only=True):
+    url: str
+    filename: str | None = None
+    sha256: str | None = None
+
+
+class NewJob(msgspec.Struct, frozen=True, kw_only=True):
+    """A validated submission, ready to be written."""
+
+    user_id: UserId
+    priority: int
+    files: list[NewFile]
+    metadata: dict[str, Any] = {}
+    options: dict[str, Any] = {}
+    idempotency_key: str | None = None
+
+
+class SubmittedJob(msgspec.Struct, frozen=True, kw_only=True):
+    """A written job and its place in its lane; `existing` when the Idempotency-Key matched."""
+
+    job_id: JobId
+    status: JobStatus
+    created_at: datetime
+    queue_position: int
+    estimated_time_s: float | None
+    existing: bool
+
+
+class StoredFile(msgspec.Struct, frozen=True, kw_only=True):
+    """A completed file, as needed to serve its bytes."""
+
+    file_id: FileId
+    filepath: str
+    filename: str
+    content_type: str | None
+    size: int | None
+    sha256: str | None
+
+
+class OutboxRow(msgspec.Struct, frozen=True, kw_only=True):
+    id: int
+    stream: str
+    body: bytes
+    headers: dict[str, str]
+
+
+class FileCounts(msgspec.Struct, frozen=True, kw_only=True):
+    total: int
+    completed: int
+    failed: int
+    cancelled: int
+
+    @property
+    def open(self) -> int:
+        """Files not in a final state yet."""
+        return self.total - self.completed - self.failed - self.cancelled
+
+
+# --- tokens ---------------------------------------------------------------------------------
+
+
+async def save_token(pool: asyncpg.Pool, name: str, *, admin: bool, token_hash: bytes) -> UserId:
+    """Create the user `name` if missing (setting its admin flag either way) and add a token."""
+    async with pool.acquire() as connection, connection.transaction():
+        user_id = await connection.fetchval(
+            "INSERT INTO users (id, name, is_admin) VALUES ($1, $2, $3)"
+            " ON CONFLICT (name) DO UPDATE SET is_admin = EXCLUDED.is_admin"
+            " RETURNING id",
+            uuid.uuid4(),
+            name,
+            admin,
+        )
+        await connection.execute(
+            "INSERT INTO api_tokens (token_hash, user_id) VALUES ($1, $2)", token_hash, user_id
+        )
+    return UserId(str(user_id))
+
+
+async def user_for_token(pool: asyncpg.Pool, token_hash: bytes) -> User | None:
+    row = await pool.fetchrow(
+        "SELECT u.id, u.name, u.is_admin FROM api_tokens t JOIN users u ON u.id = t.user_id"
+        " WHERE t.token_hash = $1 AND t.revoked_at IS NULL",
+        token_hash,
+    )
+    if row is None:
+        return None
+    return User(id=UserId(str(row["id"])), name=row["name"], is_admin=row["is_admin"])
+
+
+# --- jobs: the HTTP side --------------------------------------------------------------------
+
+# Per-job aggregates over its files; joined LATERAL onto one job or a page of them.
+_JOB_PROGRESS = """
+    count(*) FILTER (WHERE f.status = 'completed') AS completed,
+    count(*) FILTER (WHERE f.status = 'failed') AS failed,
+    count(*) FILTER (WHERE f.status IN ('completed', 'failed', 'cancelled')) AS done,
+    coalesce(sum(f.bytes_downloaded), 0)::bigint AS bytes_downloaded,
+    (array_agg(coalesce(f.filename, f.requested_name, f.url) ORDER BY f.position)
+        FILTER (WHERE f.status = 'downloading'))[1] AS current_file
+"""
+
+_JOB_COLUMNS = (
+    "j.id, j.status, j.priority, j.metadata, j.created_at, j.updated_at, j.error, j.total_files"
+)
+
+
+class JobRepository:
+    """Jobs and files as the API reads and writes them; every query is scoped to one user."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def ping(self) -> None:
+        await self._pool.fetchval("SELECT 1")
+
+    async def submit(self, job: NewJob, *, trace_headers: dict[str, str]) -> SubmittedJob:
+        """Write the job, its files and one outbox row per file in one transaction.
+
+        A repeated Idempotency-Key of the same user returns the job written the first time and
+        writes nothing.
+        """
+        lane_priorities = _lane_priorities(job.priority)
+        stream = download_stream(lane_for(job.priority))
+        job_id = new_job_id()
+        file_ids = [new_file_id() for _ in job.files]
+        bodies = [
+            ENCODER.encode(
+                DownloadFile(
+                    job_id=job_id,
+                    file_id=file_id,
+                    user_id=job.user_id,
+                    url=file.url,
+                    filename=file.filename,
+                    sha256=file.sha256,
+                    priority=job.priority,
+                )
+            )
+            for file_id, file in zip(file_ids, job.files, strict=True)
+        ]
+        async with self._pool.acquire() as connection, connection.transaction():
+            # ON CONFLICT waits for a concurrent insert of the same key to commit, so two racing
+            # submissions with one key still end up with one job.
+            row = await connection.fetchrow(
+                "INSERT INTO jobs (id, user_id, priority, metadata, options, idempotency_key,"
+                " total_files) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+                " ON CONFLICT (user_id, idempotency_key) DO NOTHING"
+                " RETURNING id, status, created_at",
+                job_id,
+                job.user_id,
+                job.priority,
+                job.metadata,
+                job.options,
+                job.idempotency_key,
+                len(job.files),
+            )
+            existing = row is None
+            if row is None:
+                row = await connection.fetchrow(
+                    "SELECT id, status, created_at, priority FROM jobs"
+                    " WHERE user_id = $1 AND idempotency_key = $2",
+                    job.user_id,
+                    job.idempotency_key,
+                )
+                job_id = JobId(str(row["id"]))
+                lane_priorities = _lane_priorities(row["priority"])
+                own_open = await connection.fetchval(
+                    "SELECT count(*) FROM files WHERE job_id = $1"
+                    " AND status IN ('pending', 'downloading')",
+                    job_id,
+                )
+            else:
+                await connection.execute(
+                    "INSERT INTO files (id, job_id, position, url, requested_name, expected_sha256)"
+                    " SELECT f.id, $1, f.position, f.url, f.name, f.sha256"
+                    " FROM unnest($2::uuid[], $3::int[], $4::text[], $5::text[], $6::text[])"
+                    " AS f(id, position, url, name, sha256)",
+                    job_id,
+                    file_ids,
+                    list(range(len(job.files))),
+                    [file.url for file in job.files],
+                    [file.filename for file in job.files],
+                    [file.sha256 for file in job.files],
+                )
+                await connection.execute(
+                    "INSERT INTO outbox (stream, body, headers)"
+                    " SELECT $1, body, $3::jsonb"
+                    " FROM unnest($2::bytea[]) WITH ORDINALITY AS o(body, n) ORDER BY n",
+                    stream,
+                    bodies,
+                    trace_headers,
+                )
+                own_open = len(job.files)
+            ahead = await connection.fetchval(
+                "SELECT count(*) FROM files f JOIN jobs j ON j.id = f.job_id"
+                " WHERE f.status = 'pending' AND j.priority = ANY($1::smallint[])"
+                " AND (j.created_at, j.id) < ($2, $3)",
+                lane_priorities,
+                row["created_at"],
+                job_id,
+            )
+            done_recently = await connection.fetchval(
+                "SELECT count(*) FROM files"
+                " WHERE downloaded_at > now() - make_interval(secs => $1)",
+                float(THROUGHPUT_WINDOW_S),
+            )
+        rate_per_s = done_recently / THROUGHPUT_WINDOW_S
+        estimate = round((ahead + own_open) / rate_per_s, 1) if rate_per_s > 0 else None
+        return SubmittedJob(
+            job_id=job_id,
+            status=JobStatus(row["status"]),
+            created_at=row["created_at"],
+            queue_position=ahead + 1,
+            estimated_time_s=estimate,
+            existing=existing,
+        )
+
+    async def job_status(self, user_id: UserId, job_id: JobId) -> JobStatusResponse:
+        row = await self._pool.fetchrow(
+            f"SELECT {_JOB_COLUMNS}, p.* FROM jobs j"
+            f" CROSS JOIN LATERAL (SELECT {_JOB_PROGRESS} FROM files f WHERE f.job_id = j.id) p"
+            " WHERE j.id = $1 AND j.user_id = $2",
+            job_id,
+            user_id,
+        )
+        if row is None:
+            raise JobNotFound(job_id)
+        return _job_status(row)
+
+    async def list_jobs(
+        self, user_id: UserId, *, status: JobStatus | None, page: int, per_page: int
+    ) -> JobListResponse:
+        async with self._pool.acquire() as connection, connection.transaction(readonly=True):
+            total = await connection.fetchval(
+                "SELECT count(*) FROM jobs"
+                " WHERE user_id = $1 AND ($2::text IS NULL OR status = $2)",
+                user_id,
+                status,
+            )
+            rows = await connection.fetch(
+                f"SELECT {_JOB_COLUMNS}, p.* FROM ("
+                "  SELECT * FROM jobs WHERE user_id = $1 AND ($2::text IS NULL OR status = $2)"
+                "  ORDER BY created_at DESC, id DESC LIMIT $3 OFFSET $4"
+                ") j CROSS JOIN LATERAL"
+                f" (SELECT {_JOB_PROGRESS} FROM files f WHERE f.job_id = j.id) p"
+                " ORDER BY j.created_at DESC, j.id DESC",
+                user_id,
+                status,
+                per_page,
+                (page - 1) * per_page,
+            )
+        return JobListResponse(
+            jobs=[_job_status(row) for row in rows], page=page, per_page=per_page, total=total
+        )
+
+    async def job_result(self, user_id: UserId, job_id: JobId) -> JobResultResponse:
+        async with self._pool.acquire() as connection, connection.transaction(readonly=True):
+            status = await connection.fetchval(
+                "SELECT status FROM jobs WHERE id = $1 AND user_id = $2", job_id, user_id
+            )
+            if status is None:
+                raise JobNotFound(job_id)
+            rows = await connection.fetch(
+                "SELECT id, url, status, filepath, filename, size, sha256, downloaded_at, error"
+                " FROM files WHERE job_id = $1 ORDER BY position",
+                job_id,
+            )
+        results = [
+            FileResult(
+                file_id=str(row["id"]),
+                url=row["url"],
+                status=FileStatus(row["status"]),
+                filepath=row["filepath"],
+                filename=row["filename"],
+                size=row["size"],
+                hash=row["sha256"],
+                downloaded_at=row["downloaded_at"],
+                error=row["error"],
+            )
+            for row in rows
+        ]
+        stored = [r for r in results if r.status is FileStatus.COMPLETED]
+        return JobResultResponse(
+            job_id=job_id,
+            status=JobStatus(status),
+            results=results,
+            summary=ResultSummary(
+                total_requested=len(results),
+                successful=len(stored),
+                failed=sum(1 for r in results if r.status is FileStatus.FAILED),
+                total_size=sum(r.size or 0 for r in stored),
+            ),
+        )
+
+    async def cancel(
+        self,
+        user_id: UserId,
+        job_id: JobId,
+        *,
+        reason: str | None,
+        trace_headers: dict[str, str],
+    ) -> None:
+        """Mark the job and its unfinished files cancelled, and queue its JobFinished event."""
+        async with self._pool.acquire() as connection, connection.transaction():
+            # The job row is locked before any of its files, as the tracker does: no deadlock.
+            status = await connection.fetchval(
+                "SELECT status FROM jobs WHERE id = $1 AND user_id = $2 FOR UPDATE",
+                job_id,
+                user_id,
+            )
+            if status is None:
+                raise JobNotFound(job_id)
+            if status in FINAL_JOB_STATUSES:
+                raise JobAlreadyEnded(job_id, status)
+            await connection.execute(
+                "UPDATE jobs SET status = 'cancelled', error = $2, finished_at = now(),"
+                " updated_at = now() WHERE id = $1",
+                job_id,
+                reason or "cancelled by the user",
+            )
+            await connection.execute(
+                "UPDATE files SET status = 'cancelled', updated_at = now()"
+                " WHERE job_id = $1 AND status IN ('pending', 'downloading')",
+                job_id,
+            )
+            counts = await file_counts(connection, job_id)
+            await add_to_outbox(
+                connection,
+                EVENTS_STREAM,
+                ENCODER.encode(
+                    JobFinished(
+                        event_id=new_event_id(),
+                        job_id=job_id,
+                        at=time.time(),
+                        status=JobStatus.CANCELLED,
+                        successful=counts.completed,
+                        failed=counts.failed + counts.cancelled,
+                    )
+                ),
+                headers=trace_headers,
+            )
+
+    async def stored_file(self, user_id: UserId, file_id: FileId) -> StoredFile:
+        row = await self._pool.fetchrow(
+            "SELECT f.id, f.status, f.filepath, f.filename, f.content_type, f.size, f.sha256"
+            " FROM files f JOIN jobs j ON j.id = f.job_id"
+            " WHERE f.id = $1 AND j.user_id = $2",
+            file_id,
+            user_id,
+        )
+        if row is None:
+            raise FileNotFound(file_id)
+        if row["status"] != FileStatus.COMPLETED or not row["filepath"]:
+            raise FileNotFound(file_id, f"is not downloaded (status {row['status']})")
+        return StoredFile(
+            file_id=file_id,
+            filepath=row["filepath"],
+            filename=row["filename"] or row["filepath"].rsplit("/", 1)[-1],
+            content_type=row["content_type"],
+            size=row["size"],
+            sha256=row["sha256"],
+        )
+
+
+def _lane_priorities(priority: int) -> list[int]:
+    lane = lane_for(priority)
+    return [p for p in range(1, 11) if lane_for(p) is lane]
+
+
+def _job_status(row: asyncpg.Record) -> JobStatusResponse:
+    total = row["total_files"]
+    return JobStatusResponse(
+        job_id=str(row["id"]),
+        status=JobStatus(row["status"]),
+        priority=row["priority"],
+        metadata=row["metadata"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        progress=Progress(
+            total=total,
+            completed=row["completed"],
+            failed=row["failed"],
+            percentage=round(100 * row["done"] / total, 1) if total else 100.0,
+            current_file=row["current_file"],
+            bytes_downloaded=row["bytes_downloaded"],
+        ),
+        error=row["error"],
+    )
+
+
+# --- the outbox -----------------------------------------------------------------------------
+
+
+async def add_to_outbox(
+    connection: asyncpg.Connection, stream: str, body: bytes, *, headers: dict[str, str]
+) -> None:
+    await connection.execute(
+        "INSERT INTO outbox (stream, body, headers) VALUES ($1, $2, $3)", stream, body, headers
+    )
+
+
+async def claim_outbox(connection: asyncpg.Connection, limit: int) -> list[OutboxRow]:
+    """Lock the oldest unsent rows; other relays skip them until this transaction ends."""
+    rows = await connection.fetch(
+        "SELECT id, stream, body, headers FROM outbox WHERE sent_at IS NULL"
+        " ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+        limit,
+    )
+    return [
+        OutboxRow(id=r["id"], stream=r["stream"], body=r["body"], headers=r["headers"] or {})
+        for r in rows
+    ]
+
+
+async def mark_sent(connection: asyncpg.Connection, ids: Sequence[int]) -> None:
+    await connection.execute("UPDATE outbox SET sent_at = now() WHERE id = ANY($1::bigint[])", ids)
+
+
+async def purge_sent(pool: asyncpg.Pool, *, outbox_age_s: float, events_age_s: float) -> None:
+    """Forget sent outbox rows and old processed-event ids; both only grow otherwise."""
+    async with pool.acquire() as connection:
+        await connection.execute(
+            "DELETE FROM outbox WHERE sent_at < now() - make_interval(secs => $1)", outbox_age_s
+        )
+        await connection.execute(
+            "DELETE FROM processed_events WHERE processed_at < now() - make_interval(secs => $1)",
+            events_age_s,
+        )
+
+
+# --- the tracker's projection ---------------------------------------------------------------
+# Every UPDATE below names the states it may leave, so state only moves forward:
+# pending -> downloading -> completed | failed | cancelled, and a final state never changes.
+
+
+async def claim_event(connection: asyncpg.Connection, event_id: str) -> bool:
+    """Record `event_id` as processed; False when it already was (a replay)."""
+    inserted = await connection.fetchval(
+        "INSERT INTO processed_events (event_id) VALUES ($1) ON CONFLICT DO NOTHING RETURNING true",
+        event_id,
+    )
+    return bool(inserted)
+
+
+async def lock_job(connection: asyncpg.Connection, job_id: JobId) -> JobStatus | None:
+    """Lock the job row for the rest of the transaction; None when there is no such job."""
+    status = await connection.fetchval("SELECT status FROM jobs WHERE id = $1 FOR UPDATE", job_id)
+    return None if status is None else JobStatus(status)
+
+
+async def mark_job_in_progress(connection: asyncpg.Connection, job_id: JobId) -> None:
+    await connection.execute(
+        "UPDATE jobs SET status = 'in_progress', updated_at = now()"
+        " WHERE id = $1 AND status = 'pending'",
+        job_id,
+    )
+
+
+async def file_started(connection: asyncpg.Connection, event: FileStarted) -> bool:
+    """pending -> downloading (a resumed download stays downloading); False if it moved on."""
+    result = await connection.execute(
+        "UPDATE files SET status = 'downloading',"
+        " started_at = coalesce(started_at, to_timestamp($3)),"
+        " attempts = greatest(attempts, $4), updated_at = now()"
+        " WHERE id = $1 AND job_id = $2 AND status IN ('pending', 'downloading')",
+        event.file_id,
+        event.job_id,
+        event.at,
+        event.attempt,
+    )
+    return _changed(result)
+
+
+async def file_progress(connection: asyncpg.Connection, event: FileProgress) -> None:
+    # Only while downloading: progress arriving after the file ended must not touch it.
+    await connection.execute(
+        "UPDATE files SET bytes_downloaded = greatest(bytes_downloaded, $3),"
+        " total_bytes = coalesce($4, total_bytes), rate_bps = $5, updated_at = now()"
+        " WHERE id = $1 AND job_id = $2 AND status = 'downloading'",
+        event.file_id,
+        event.job_id,
+        event.bytes_downloaded,
+        event.total_bytes,
+        event.rate_bps,
+    )
+
+
+async def file_downloaded(connection: asyncpg.Connection, event: FileDownloaded) -> bool:
+    result = await connection.execute(
+        "UPDATE files SET status = 'completed', filename = $3, filepath = $4, size = $5,"
+        " sha256 = $6, content_type = $7, downloaded_at = to_timestamp($8),"
+        " bytes_downloaded = $5, total_bytes = $5, rate_bps = NULL, error = NULL,"
+        " updated_at = now()"
+        " WHERE id = $1 AND job_id = $2 AND status IN ('pending', 'downloading')",
+        event.file_id,
+        event.job_id,
+        event.filename,
+        event.filepath,
+        event.size,
+        event.sha256,
+        event.content_type,
+        event.at,
+    )
+    return _changed(result)
+
+
+async def file_failed(connection: asyncpg.Connection, event: FileFailed) -> bool:
+    result = await connection.execute(
+        "UPDATE files SET status = 'failed', error = $3, attempts = greatest(attempts, $4),"
+        " rate_bps = NULL, updated_at = now()"
+        " WHERE id = $1 AND job_id = $2 AND status IN ('pending', 'downloading')",
+        event.file_id,
+        event.job_id,
+        event.error,
+        event.attempts,
+    )
+    return _changed(result)
+
+
+async def file_counts(connection: asyncpg.Connection, job_id: JobId) -> FileCounts:
+    row = await connection.fetchrow(
+        "SELECT count(*) AS total,"
+        " count(*) FILTER (WHERE status = 'completed') AS completed,"
+        " count(*) FILTER (WHERE status = 'failed') AS failed,"
+        " count(*) FILTER (WHERE status = 'cancelled') AS cancelled"
+        " FROM files WHERE job_id = $1",
+        job_id,
+    )
+    return FileCounts(
+        total=row["total"],
+        completed=row["completed"],
+        failed=row["failed"],
+        cancelled=row["cancelled"],
+    )
+
+
+async def finish_job(connection: asyncpg.Connection, job_id: JobId, status: JobStatus) -> None:
+    await connection.execute(
+        "UPDATE jobs SET status = $2, finished_at = now(), updated_at = now()"
+        " WHERE id = $1 AND finished_at IS NULL",
+        job_id,
+        status,
+    )
+
+
+def _changed(command_status: str) -> bool:
+    # asyncpg answers an UPDATE with its command tag, e.g. "UPDATE 1".
+    return command_status.rsplit(" ", 1)[-1] != "0"

@@ -1,0 +1,232 @@
+"""HTTP request and response bodies of the gateway (msgspec Structs, apart from the events).
+
+Inputs forbid unknown fields, so a typo in a field name is an error, not a silent default.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import msgspec
+
+from services.gateway.statuses import FileStatus, JobStatus
+
+MAX_FILES_PER_JOB = 10_000
+ALLOWED_SCHEMES = frozenset({"http", "https"})
+
+Url = Annotated[str, msgspec.Meta(min_length=1, max_length=8192)]
+Filename = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+Sha256Hex = Annotated[
+    str,
+    msgspec.Meta(pattern="^[0-9a-fA-F]{64}$", description="hex SHA-256 the bytes must hash to"),
+]
+Priority = Annotated[int, msgspec.Meta(ge=1, le=10, description="1 (lowest) to 10 (highest)")]
+ProcessStep = Literal["metadata", "thumbnail", "cog"]
+
+
+# --- submit ---------------------------------------------------------------------------------
+
+
+class FileRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """One file to fetch, with an optional name and expected digest."""
+
+    url: Url
+    filename: Filename | None = None
+    sha256: Sha256Hex | None = None
+
+
+class CompositeRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """A band composite to build once all the named files are in (stored, not acted on yet)."""
+
+    kind: Literal["ndvi", "rgb"]
+    bands: dict[str, Filename]
+
+
+class ExportRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """An archive to build when the job ends (stored, not acted on yet)."""
+
+    format: Literal["zip", "tar.gz"]
+    include_metadata: bool = True
+
+
+class SubmitRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """POST /api/v1/downloads/download: `urls`, `files` or both, 1-10000 in total."""
+
+    urls: Annotated[list[Url], msgspec.Meta(max_length=MAX_FILES_PER_JOB)] = []
+    files: Annotated[list[FileRequest], msgspec.Meta(max_length=MAX_FILES_PER_JOB)] = []
+    priority: Priority = 5
+    metadata: dict[str, Any] = {}
+    process: list[ProcessStep] | None = None
+    composites: list[CompositeRequest] | None = None
+    export: ExportRequest | None = None
+
+    def __post_init__(self) -> None:
+        # msgspec reports a ValueError raised here as a validation error of the body, so the
+        # message itself must name the field.
+        total = len(self.urls) + len(self.files)
+        if total == 0:
+            raise ValueError("urls: at least one URL is required (in `urls` or `files`)")
+        if total > MAX_FILES_PER_JOB:
+            raise ValueError(
+                f"urls, files: at most {MAX_FILES_PER_JOB} URLs per job in total, got {total}"
+            )
+        for index, url in enumerate(self.urls):
+            if problem := url_problem(url):
+                raise ValueError(f"urls[{index}]: {problem}")
+        for index, file in enumerate(self.files):
+            if problem := url_problem(file.url):
+                raise ValueError(f"files[{index}].url: {problem}")
+
+    def requested_files(self) -> list[FileRequest]:
+        """Every file of the job in submission order: `urls` first, then `files`."""
+        return [FileRequest(url=url) for url in self.urls] + list(self.files)
+
+    def options(self) -> dict[str, Any]:
+        """The follow-up work the job asked for, as stored in jobs.options."""
+        return {
+            name: msgspec.to_builtins(value)
+            for name in ("process", "composites", "export")
+            if (value := getattr(self, name)) is not None
+        }
+
+
+def url_problem(url: str) -> str | None:
+    """Why `url` cannot be downloaded, or None when it is an http(s) URL with a host."""
+    if any(char.isspace() or ord(char) < 32 for char in url):
+        return "URL contains whitespace or control characters"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - parsing the port raises on a malformed one
+    except ValueError as exc:
+        return f"malformed URL: {exc}"
+    scheme = parts.scheme.lower()
+    if not scheme:
+        return "missing scheme (http or https)"
+    if scheme not in ALLOWED_SCHEMES:
+        return f"unsupported scheme {scheme!r}"
+    if not parts.hostname:
+        return "missing host"
+    return None
+
+
+class SubmitResponse(msgspec.Struct, frozen=True, kw_only=True):
+    """202 answer to a submission (also to a repeated one with the same Idempotency-Key)."""
+
+    job_id: str
+    status: JobStatus
+    created_at: datetime
+    queue_position: Annotated[
+        int,
+        msgspec.Meta(
+            description="1 + the files of older jobs still waiting in this job's lane",
+        ),
+    ]
+    estimated_time: Annotated[
+        float | None,
+        msgspec.Meta(
+            description=(
+                "seconds until this job's files are done at the throughput of the last 5 "
+                "minutes (files ahead in the lane plus this job's); null when no file "
+                "finished in that window, since there is nothing to estimate from"
+            ),
+        ),
+    ]
+    message: str
+
+
+# --- status, results, listing ---------------------------------------------------------------
+
+
+class Progress(msgspec.Struct, frozen=True, kw_only=True):
+    """File counts of one job; `percentage` counts every file in a final state."""
+
+    total: int
+    completed: int
+    failed: int
+    percentage: float
+    current_file: str | None
+    bytes_downloaded: int
+
+
+class JobStatusResponse(msgspec.Struct, frozen=True, kw_only=True):
+    job_id: str
+    status: JobStatus
+    priority: int
+    metadata: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    progress: Progress
+    error: str | None = None
+
+
+class FileResult(msgspec.Struct, frozen=True, kw_only=True):
+    """One file of a job; `hash` is the hex SHA-256 of the stored bytes."""
+
+    file_id: str
+    url: str
+    status: FileStatus
+    filepath: str | None
+    filename: str | None
+    size: int | None
+    hash: str | None
+    downloaded_at: datetime | None
+    error: str | None = None
+
+
+class ResultSummary(msgspec.Struct, frozen=True, kw_only=True):
+    total_requested: int
+    successful: int
+    failed: int
+    total_size: int
+
+
+class JobResultResponse(msgspec.Struct, frozen=True, kw_only=True):
+    job_id: str
+    status: JobStatus
+    results: list[FileResult]
+    summary: ResultSummary
+
+
+class JobListResponse(msgspec.Struct, frozen=True, kw_only=True):
+    """One page of the caller's jobs, newest first."""
+
+    jobs: list[JobStatusResponse]
+    page: int
+    per_page: int
+    total: int
+
+
+# --- cancel ---------------------------------------------------------------------------------
+
+
+class CancelRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    reason: Annotated[str, msgspec.Meta(max_length=1000)] | None = None
+
+
+class CancelResponse(msgspec.Struct, frozen=True, kw_only=True):
+    job_id: str
+    status: JobStatus
+
+
+# --- system ---------------------------------------------------------------------------------
+
+
+class Health(msgspec.Struct, frozen=True, kw_only=True):
+    status: str
+
+
+class Readiness(msgspec.Struct, frozen=True, kw_only=True):
+    """`checks` maps each dependency to "ok" or what went wrong."""
+
+    status: Literal["ready", "unavailable"]
+    checks: dict[str, str]
+
+
+class ErrorBody(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Every error answer: the status again and a message that names the offending field."""
+
+    status_code: int
+    detail: str
+    extra: list[dict[str, Any]] | dict[str, Any] | None = None
