@@ -34,6 +34,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     max_redirects: int = 10
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 60.0
+    file_deadline_s: float = 6 * 3600.0
+    job_timeout_s: float = 24 * 3600.0
+    reconcile_interval_s: float = 10.0
     allow_private_networks: bool = False
     allowed_networks: tuple[str, ...] = ()
     retention_days: int = 7
@@ -47,6 +50,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         _check_positive(self, "http_port", "download_concurrency", "per_host_concurrency")
         _check_positive(self, "max_tries", "claim_idle_s", "max_file_size_bytes")
         _check_positive(self, "process_workers", "connect_timeout_s", "read_timeout_s")
+        _check_positive(self, "file_deadline_s", "job_timeout_s", "reconcile_interval_s")
         if self.retry_backoff_s < 0:
             raise ConfigError(f"{_env_name('retry_backoff_s')} must be >= 0")
         for network in self.allowed_networks:

@@ -56,6 +56,12 @@ def done_key(file_id: str) -> str:
     return f"downlink:done:{file_id}"
 
 
+def live_key(file_id: str) -> str:
+    """Set with each publish of a file's command: a missing one after a Redis loss means
+    the command is gone too, and the reconciler publishes it again."""
+    return f"downlink:live:{file_id}"
+
+
 def names_key(job_id: JobId) -> str:
     """Hash of filename -> file_id: the names taken inside one job."""
     return f"downlink:names:{job_id}"

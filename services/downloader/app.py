@@ -78,6 +78,7 @@ async def serve(settings: Settings) -> None:
                 max_size_bytes=settings.max_file_size_bytes,
                 max_redirects=settings.max_redirects,
                 progress_interval_s=settings.progress_interval_s,
+                file_deadline_s=settings.file_deadline_s,
             ),
             worker=worker,
         )
@@ -87,6 +88,7 @@ async def serve(settings: Settings) -> None:
 
         async def on_dead(delivery: Delivery, error: BaseException) -> None:
             command = decode_command(delivery)
+            await deps.storage.discard_part(command.file_id)
             await publisher.publish(failure_event(command, error, delivery.attempt))
 
         consumer = StreamConsumer(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -25,6 +26,7 @@ ProgressCallback = Callable[[int, int | None, float], Awaitable[None]]
 _RETRYABLE = {408, 425, 429, 500, 502, 503, 504}
 _REDIRECTS = {301, 302, 303, 307, 308}
 _SCHEMES = {"http", "https"}
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +38,7 @@ class Fetched:
     sha256: str
     content_type: str | None
     disposition_name: str | None
+    resumed_from: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +48,7 @@ class FetchLimits:
     max_size_bytes: int
     max_redirects: int
     progress_interval_s: float
+    file_deadline_s: float = 6 * 3600.0
 
 
 async def fetch_into(
@@ -56,39 +60,104 @@ async def fetch_into(
     limits: FetchLimits,
     on_progress: ProgressCallback,
 ) -> Fetched:
-    """Stream `url` into `part`, hashing as it writes; the part holds the whole body on return."""
+    """Stream `url` into `part`, hashing as it writes; the part holds the whole body on return.
+
+    Bytes an earlier attempt left in the part are kept when the server confirms, with a 206
+    whose Content-Range starts where the part ends, that the resource has not changed
+    (If-Range on its strong ETag or Last-Modified); otherwise the download starts over.
+    """
     with map_errors(url):
-        async with await _open(session, url, guard, limits.max_redirects) as response:
-            total = response.content_length
-            if total is not None and total > limits.max_size_bytes:
-                raise TooLarge(f"{url} is {total} bytes, over the limit of {limits.max_size_bytes}")
-            await part.truncate()
-            digest = hashlib.sha256()
-            meter = _RateMeter()
-            next_report = time.monotonic() + limits.progress_interval_s
-            async for chunk in response.content.iter_any():
-                part.write(chunk)
+        resume_from, validator = part.size, part.meta.get("validator")
+        digest = hashlib.sha256()
+        if resume_from and validator and part.meta.get("url") == url:
+            # The hash state cannot be saved, so it is rebuilt from the bytes on disk; before
+            # asking, since aiohttp drops a body's buffered bytes if the server hangs up first.
+            async for chunk in part.existing():
                 digest.update(chunk)
-                meter.add(len(chunk))
-                if part.size > limits.max_size_bytes:
-                    raise TooLarge(f"{url} is over the limit of {limits.max_size_bytes} bytes")
-                if time.monotonic() >= next_report:
-                    next_report = time.monotonic() + limits.progress_interval_s
-                    await on_progress(part.size, total, meter.rate_bps())
-            if total is not None and part.size != total:
-                raise TransientError(f"{url} ended after {part.size} of {total} bytes")
-            disposition = response.content_disposition
-            return Fetched(
-                final_url=str(response.url),
-                size=part.size,
-                sha256=digest.hexdigest(),
-                content_type=response.content_type if "Content-Type" in response.headers else None,
-                disposition_name=disposition.filename if disposition else None,
+            headers = {"Range": f"bytes={resume_from}-", "If-Range": validator}
+            response = await _open(session, url, guard, limits.max_redirects, headers)
+            if not _continues(response, resume_from):
+                response.release()
+                resume_from, digest = 0, hashlib.sha256()
+                response = await _open(session, url, guard, limits.max_redirects)
+        else:
+            resume_from = 0
+            response = await _open(session, url, guard, limits.max_redirects)
+        async with response:
+            return await _stream(
+                response, url, part, resume_from, digest, limits=limits, on_progress=on_progress
             )
 
 
+async def _stream(
+    response: aiohttp.ClientResponse,
+    url: str,
+    part: PartWriter,
+    resume_from: int,
+    digest: hashlib._Hash,
+    *,
+    limits: FetchLimits,
+    on_progress: ProgressCallback,
+) -> Fetched:
+    total = _total_size(response)
+    if total is not None and total > limits.max_size_bytes:
+        raise TooLarge(f"{url} is {total} bytes, over the limit of {limits.max_size_bytes}")
+    if not resume_from:
+        await part.truncate()
+    await part.save_meta({"url": url, "validator": _validator(response) or ""})
+    meter = _RateMeter()
+    next_report = time.monotonic() + limits.progress_interval_s
+    async for chunk in response.content.iter_any():
+        part.write(chunk)
+        digest.update(chunk)
+        meter.add(len(chunk))
+        if part.size > limits.max_size_bytes:
+            raise TooLarge(f"{url} is over the limit of {limits.max_size_bytes} bytes")
+        if time.monotonic() >= next_report:
+            next_report = time.monotonic() + limits.progress_interval_s
+            await on_progress(part.size, total, meter.rate_bps())
+    if total is not None and part.size != total:
+        raise TransientError(f"{url} ended after {part.size} of {total} bytes")
+    disposition = response.content_disposition
+    return Fetched(
+        final_url=str(response.url),
+        size=part.size,
+        sha256=digest.hexdigest(),
+        content_type=response.content_type if "Content-Type" in response.headers else None,
+        disposition_name=disposition.filename if disposition else None,
+        resumed_from=resume_from,
+    )
+
+
+def _continues(response: aiohttp.ClientResponse, offset: int) -> bool:
+    """Whether `response` is the rest of the resource from `offset`, not a fresh body."""
+    if response.status != 206:
+        return False
+    match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", "").strip())
+    return bool(match) and int(match.group(1)) == offset  # type: ignore[union-attr]
+
+
+def _total_size(response: aiohttp.ClientResponse) -> int | None:
+    if response.status == 206:
+        match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", "").strip())
+        return int(match.group(3)) if match and match.group(3) != "*" else None
+    return response.content_length
+
+
+def _validator(response: aiohttp.ClientResponse) -> str | None:
+    # A weak ETag may not be used with If-Range; Last-Modified is the fallback validator.
+    etag = response.headers.get("ETag")
+    if etag and not etag.startswith("W/"):
+        return etag
+    return response.headers.get("Last-Modified")
+
+
 async def _open(
-    session: aiohttp.ClientSession, url: str, guard: AddressGuard, max_redirects: int
+    session: aiohttp.ClientSession,
+    url: str,
+    guard: AddressGuard,
+    max_redirects: int,
+    headers: dict[str, str] | None = None,
 ) -> aiohttp.ClientResponse:
     # Redirects are followed here, not by aiohttp, so every hop's scheme and host are checked.
     for _hop in range(max_redirects + 1):
@@ -97,12 +166,14 @@ async def _open(
             raise PermanentError(f"refusing to fetch {url!r}: only http(s) URLs with a host")
         guard.check_host(parts.hostname)
         response = await session.get(
-            url, allow_redirects=False, headers={"Accept-Encoding": "identity"}
+            url, allow_redirects=False, headers={"Accept-Encoding": "identity", **(headers or {})}
         )
         if response.status in _REDIRECTS and "Location" in response.headers:
             response.release()
             url = urljoin(url, response.headers["Location"])
             continue
+        if response.status == 416 and headers and "Range" in headers:
+            return response  # the part no longer fits the resource: the caller starts over
         if response.status >= 400:
             response.release()
             if response.status in _RETRYABLE:

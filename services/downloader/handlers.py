@@ -5,6 +5,7 @@ Plain async functions over Protocol-typed ports; no framework or Redis imports h
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -13,9 +14,9 @@ from urllib.parse import urlsplit
 
 from opentelemetry import trace
 
-from services.downloader.fetch import FetchLimits, fetch_into
-from services.downloader.naming import choose_name, variants
-from shared.errors import ChecksumMismatch, JobCancelled, PermanentError
+from services.downloader.fetch import Fetched, FetchLimits, fetch_into
+from services.downloader.naming import FALLBACK_NAME, choose_name, variants
+from shared.errors import ChecksumMismatch, JobCancelled, PermanentError, TransientError
 from shared.events import FileDownloaded, FileFailed, FileProgress, FileStarted
 from shared.ids import FileId, JobId, new_event_id
 
@@ -97,18 +98,20 @@ async def download_file(
             "downlink.attempt": attempt,
         },
     ) as span:
-        async with deps.cancellations.watch(command.job_id), deps.host_limits.slot(host):
-            await deps.publisher.publish(
-                FileStarted(
-                    event_id=new_event_id(),
-                    job_id=command.job_id,
-                    at=time.time(),
-                    file_id=command.file_id,
-                    attempt=attempt,
-                    worker=deps.worker,
-                )
-            )
-            event = await _fetch_and_store(command, deps)
+        try:
+            async with (
+                deps.cancellations.watch(command.job_id),
+                deps.host_limits.slot(host),
+                asyncio.timeout(deps.limits.file_deadline_s),
+            ):
+                event = await _start_and_fetch(command, deps, attempt)
+        except JobCancelled:
+            await deps.storage.discard_part(command.file_id)
+            raise
+        except TimeoutError:
+            raise TransientError(
+                f"{command.url} took longer than the {deps.limits.file_deadline_s:.0f} s deadline"
+            ) from None
         span.set_attribute("downlink.bytes", event.size)
     await deps.completions.put(event)
     await deps.publisher.publish(event)
@@ -119,6 +122,22 @@ async def download_file(
         extra={"job_id": command.job_id, "file_id": command.file_id},
     )
     return event
+
+
+async def _start_and_fetch(
+    command: DownloadFile, deps: DownloadDeps, attempt: int
+) -> FileDownloaded:
+    await deps.publisher.publish(
+        FileStarted(
+            event_id=new_event_id(),
+            job_id=command.job_id,
+            at=time.time(),
+            file_id=command.file_id,
+            attempt=attempt,
+            worker=deps.worker,
+        )
+    )
+    return await _fetch_and_store(command, deps)
 
 
 async def _fetch_and_store(command: DownloadFile, deps: DownloadDeps) -> FileDownloaded:
@@ -135,7 +154,7 @@ async def _fetch_and_store(command: DownloadFile, deps: DownloadDeps) -> FileDow
             )
         )
 
-    part = await deps.storage.open_part(command.file_id, resume=False)
+    part = await deps.storage.open_part(command.file_id, resume=True)
     committed = False
     try:
         fetched = await fetch_into(
@@ -151,13 +170,26 @@ async def _fetch_and_store(command: DownloadFile, deps: DownloadDeps) -> FileDow
                 f"checksum mismatch for {command.url}: "
                 f"expected {command.sha256}, got {fetched.sha256}"
             )
-        name = await _unique_name(command, deps, fetched.disposition_name)
+        name = await _unique_name(command, deps, fetched)
         key = f"{command.user_id}/{command.job_id}/{name}"
         await part.commit(key)
         committed = True
+    except PermanentError:
+        await part.abort()
+        raise
     finally:
-        if not committed:
+        if not committed and part.size == 0:
             await part.abort()
+        elif not committed:
+            # Kept for the next attempt to resume; a cancel or a dead letter discards it.
+            await part.close()
+    if fetched.resumed_from:
+        log.info(
+            "resumed %s at byte %d",
+            command.url,
+            fetched.resumed_from,
+            extra={"job_id": command.job_id, "file_id": command.file_id},
+        )
     return FileDownloaded(
         event_id=new_event_id(),
         job_id=command.job_id,
@@ -171,8 +203,11 @@ async def _fetch_and_store(command: DownloadFile, deps: DownloadDeps) -> FileDow
     )
 
 
-async def _unique_name(command: DownloadFile, deps: DownloadDeps, disposition: str | None) -> str:
-    wanted = choose_name(command.filename, disposition, command.url)
+async def _unique_name(command: DownloadFile, deps: DownloadDeps, fetched: Fetched) -> str:
+    # After redirects the final URL names the file (`/download?id=7` -> `.../B04.tif`).
+    wanted = choose_name(command.filename, fetched.disposition_name, fetched.final_url)
+    if wanted == FALLBACK_NAME:
+        wanted = choose_name(None, None, command.url)
     for candidate in variants(wanted):
         key = f"{command.user_id}/{command.job_id}/{candidate}"
         claim = await deps.names.claim(command.job_id, candidate, command.file_id)

@@ -20,8 +20,9 @@ def sanitize(name: str) -> str:
     # A server may send a path; only its last segment can become a name.
     name = unicodedata.normalize("NFC", name).replace("\\", "/").rsplit("/", 1)[-1]
     name = _UNSAFE.sub("_", name).strip().lstrip(".").strip()
-    if not name or PurePosixPath(name).stem.upper() in _WINDOWS_RESERVED:
-        return FALLBACK_NAME if not name else f"_{name}"
+    # Windows reserves a device name before any extension: NUL.txt and NUL.tar.gz are NUL.
+    if not name or name.split(".", 1)[0].strip().upper() in _WINDOWS_RESERVED:
+        return FALLBACK_NAME if not name else _truncate(f"_{name}")
     return _truncate(name)
 
 
@@ -54,5 +55,13 @@ def variants(name: str) -> list[str]:
     """`name`, then `stem_1.ext`, `stem_2.ext`, ...: candidates when a name is taken."""
     path = PurePosixPath(name)
     suffix = "".join(path.suffixes[-2:]) if path.suffixes[-1:] == [".gz"] else path.suffix
+    if len(suffix.encode()) > 20:
+        suffix = ""
     stem = name[: len(name) - len(suffix)] if suffix else name
-    return [name, *(_truncate(f"{stem}_{i}{suffix}") for i in range(1, 10_000))]
+    return [name, *(_numbered(stem, i, suffix) for i in range(1, 10_000))]
+
+
+def _numbered(stem: str, number: int, suffix: str) -> str:
+    # Cut the stem, never the number: a name at the length limit still gets distinct variants.
+    tail = f"_{number}{suffix}"
+    return stem.encode()[: _MAX_NAME_BYTES - len(tail.encode())].decode(errors="ignore") + tail

@@ -21,6 +21,13 @@ class PartWriter(Protocol):
         """Bytes in the part so far (those kept from an earlier attempt included)."""
         ...
 
+    @property
+    def meta(self) -> dict[str, str]:
+        """What the writer recorded about the part's source (e.g. its ETag), kept with it."""
+        ...
+
+    async def save_meta(self, meta: dict[str, str]) -> None: ...
+
     def write(self, chunk: bytes) -> None: ...
 
     def existing(self) -> AsyncIterator[bytes]:
@@ -37,6 +44,10 @@ class PartWriter(Protocol):
 
     async def abort(self) -> None:
         """Remove the part."""
+        ...
+
+    async def close(self) -> None:
+        """Stop writing but keep the part, so a later attempt can resume it."""
         ...
 
 

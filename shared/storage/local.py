@@ -6,11 +6,18 @@ import asyncio
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path, PurePosixPath
+from stat import S_ISREG
 from typing import BinaryIO
+
+import msgspec
 
 from shared.storage import StorageError
 
 _PARTS = ".parts"
+
+
+def _meta_path(part: Path) -> Path:
+    return part.with_name(part.name + ".meta")
 
 
 def _safe_key(key: str) -> PurePosixPath:
@@ -25,15 +32,24 @@ def _safe_key(key: str) -> PurePosixPath:
 class LocalPart:
     """A part file under `<root>/.parts/`; writes go to the page cache, commit fsyncs."""
 
-    def __init__(self, root: Path, path: Path, handle: BinaryIO) -> None:
+    def __init__(self, root: Path, path: Path, handle: BinaryIO, meta: dict[str, str]) -> None:
         self._root = root
         self._path = path
         self._handle = handle
         self._size = handle.tell()
+        self._meta = meta
 
     @property
     def size(self) -> int:
         return self._size
+
+    @property
+    def meta(self) -> dict[str, str]:
+        return dict(self._meta)
+
+    async def save_meta(self, meta: dict[str, str]) -> None:
+        self._meta = dict(meta)
+        _meta_path(self._path).write_bytes(msgspec.json.encode(self._meta))
 
     def write(self, chunk: bytes) -> None:
         self._handle.write(chunk)
@@ -65,6 +81,7 @@ class LocalPart:
         self._handle.close()
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(self._path, target)
+        _meta_path(self._path).unlink(missing_ok=True)
         # The rename is durable only once its directory entry is.
         dir_fd = os.open(target.parent, os.O_RDONLY)
         try:
@@ -75,6 +92,10 @@ class LocalPart:
     async def abort(self) -> None:
         self._handle.close()
         self._path.unlink(missing_ok=True)
+        _meta_path(self._path).unlink(missing_ok=True)
+
+    async def close(self) -> None:
+        self._handle.close()
 
 
 class LocalStorage:
@@ -95,26 +116,39 @@ class LocalStorage:
         return self.root / _safe_key(key)
 
     def _part_path(self, part_id: str) -> Path:
-        if not part_id or "/" in part_id or part_id.startswith("."):
+        if not part_id or "/" in part_id or part_id.startswith(".") or part_id.endswith(".meta"):
             raise StorageError(f"invalid part id {part_id!r}")
         return self.root / _PARTS / part_id
 
     async def open_part(self, part_id: str, *, resume: bool) -> LocalPart:
         path = self._part_path(part_id)
+        meta: dict[str, str] = {}
+        if resume:
+            try:
+                meta = msgspec.json.decode(_meta_path(path).read_bytes(), type=dict[str, str])
+            except (FileNotFoundError, msgspec.DecodeError):
+                meta = {}
+        else:
+            _meta_path(path).unlink(missing_ok=True)
         handle = path.open("ab" if resume else "wb")
-        return LocalPart(self.root, path, handle)
+        return LocalPart(self.root, path, handle, meta)
 
     async def discard_part(self, part_id: str) -> None:
-        self._part_path(part_id).unlink(missing_ok=True)
+        path = self._part_path(part_id)
+        path.unlink(missing_ok=True)
+        _meta_path(path).unlink(missing_ok=True)
 
     async def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
     async def size(self, key: str) -> int:
         try:
-            return self._path(key).stat().st_size
+            stat = self._path(key).stat()
         except FileNotFoundError:
             raise StorageError(f"no object {key!r}") from None
+        if not S_ISREG(stat.st_mode):  # a folder is a key prefix, not an object
+            raise StorageError(f"no object {key!r}")
+        return stat.st_size
 
     async def read(
         self, key: str, start: int = 0, end: int | None = None, chunk_size: int = 1 << 20
@@ -122,7 +156,7 @@ class LocalStorage:
         path = self._path(key)
         try:
             source = path.open("rb")
-        except FileNotFoundError:
+        except (FileNotFoundError, IsADirectoryError):
             raise StorageError(f"no object {key!r}") from None
         with source:
             source.seek(start)

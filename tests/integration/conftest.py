@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -59,10 +60,10 @@ class Pipeline:
         )
         return result.stdout.strip().splitlines()[-1]
 
-    def client(self, name: str) -> httpx.Client:
+    def client(self, name: str, *, admin: bool = False) -> httpx.Client:
         client = httpx.Client(
             base_url=self.url,
-            headers={"Authorization": f"Bearer {self.token(name)}"},
+            headers={"Authorization": f"Bearer {self.token(name, admin=admin)}"},
             timeout=30,
             trust_env=False,
         )
@@ -87,23 +88,44 @@ class Pipeline:
         return body
 
 
+PipelineFactory = Callable[..., Pipeline]
+
+
 @pytest.fixture
-def pipeline(
+def pipeline_factory(
     redis_url: str, database_url: str, tmp_path: Path, service_launcher: ServiceLauncher
-) -> Iterator[Pipeline]:
-    """A gateway on a free port; downloaders are started by the test with its own knobs."""
-    storage_root = tmp_path / "storage"
-    port = free_port()
-    env = {
-        "DOWNLINK_REDIS_URL": redis_url,
-        "DOWNLINK_DATABASE_URL": database_url,
-        "DOWNLINK_STORAGE_URL": f"file://{storage_root}",
-        "DOWNLINK_HTTP_HOST": "127.0.0.1",
-        "DOWNLINK_HTTP_PORT": str(port),
-        "DOWNLINK_PROGRESS_INTERVAL": "0.2",
-    }
-    stack = Pipeline(f"http://127.0.0.1:{port}", env, storage_root, service_launcher)
-    stack.start_gateway()
-    yield stack
-    for client in stack.clients:
-        client.close()
+) -> Iterator[PipelineFactory]:
+    """Make a stack with a gateway on a free port; `env` overrides the services' settings.
+
+    Downloaders are started by the test with its own knobs.
+    """
+    made: list[Pipeline] = []
+
+    def make(**env: str) -> Pipeline:
+        storage_root = tmp_path / "storage"
+        port = free_port()
+        base_env = {
+            "DOWNLINK_REDIS_URL": redis_url,
+            "DOWNLINK_DATABASE_URL": database_url,
+            "DOWNLINK_STORAGE_URL": f"file://{storage_root}",
+            "DOWNLINK_HTTP_HOST": "127.0.0.1",
+            "DOWNLINK_HTTP_PORT": str(port),
+            "DOWNLINK_PROGRESS_INTERVAL": "0.2",
+        }
+        stack = Pipeline(
+            f"http://127.0.0.1:{port}", {**base_env, **env}, storage_root, service_launcher
+        )
+        stack.start_gateway()
+        made.append(stack)
+        return stack
+
+    yield make
+    for stack in made:
+        for client in stack.clients:
+            client.close()
+
+
+@pytest.fixture
+def pipeline(pipeline_factory: PipelineFactory) -> Pipeline:
+    """A stack with default settings."""
+    return pipeline_factory()

@@ -151,61 +151,95 @@ def postgres_bin_dir() -> Path | None:
     return Path(max(found, key=version)).parent
 
 
+class LocalPostgres:
+    """A throwaway cluster from Debian's binaries that a test can stop and start again."""
+
+    def __init__(self, bin_dir: Path) -> None:
+        self.bin_dir = bin_dir
+        self.base = Path(tempfile.mkdtemp(prefix="downlink-pg-"))
+        self.data = self.base / "data"
+        self.log = self.base / "postgres.log"
+        self.port = 0
+        self.running = False
+        self._run_as: dict[str, Any] = {}
+        if os.geteuid() == 0:
+            try:
+                owner = pwd.getpwnam("postgres")
+            except KeyError:
+                shutil.rmtree(self.base)
+                raise NoPostgresServer(
+                    "initdb refuses to run as root and there is no `postgres` OS user"
+                ) from None
+            os.chown(self.base, owner.pw_uid, owner.pw_gid)
+            self._run_as = {"user": owner.pw_uid, "group": owner.pw_gid, "extra_groups": []}
+
+    @property
+    def url(self) -> str:
+        """URL of the maintenance database `postgres`."""
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *cmd: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            cmd, cwd=self.base, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+            timeout=120, check=False, **self._run_as,
+        )  # fmt: skip
+
+    def init(self) -> None:
+        init = self._run(str(self.bin_dir / "initdb"), "-U", "postgres", "--auth=trust",
+                         "--no-sync", "-E", "UTF8", "--locale=C", "-D", str(self.data))  # fmt: skip
+        if init.returncode != 0:
+            raise NoPostgresServer(f"initdb failed:\n{init.stdout}\n{init.stderr}")
+
+    def start(self, port: int | None = None) -> subprocess.CompletedProcess[str]:
+        """Start on `port` (a free one by default); returns pg_ctl's outcome."""
+        self.port = port or self.port or free_port()
+        options = (
+            f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c full_page_writes=off -c synchronous_commit=off -c max_connections=200"
+        )
+        result = self._run(str(self.bin_dir / "pg_ctl"), "-w", "-t", "60", "-D", str(self.data),
+                           "-l", str(self.log), "-o", options, "start")  # fmt: skip
+        self.running = result.returncode == 0
+        return result
+
+    def stop(self, mode: str = "immediate") -> None:
+        self._run(str(self.bin_dir / "pg_ctl"), "stop", "-D", str(self.data), "-m", mode, "-w")
+        self.running = False
+
+    def remove(self) -> None:
+        if self.running:
+            self.stop()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
 @contextlib.contextmanager
-def throwaway_postgres(attempts: int = 3) -> Iterator[str]:
-    """Run a fresh cluster (trust auth, fsync off) on a free loopback port; remove it after."""
+def local_postgres(attempts: int = 3) -> Iterator[LocalPostgres]:
+    """A fresh, started cluster (trust auth, fsync off) on a free loopback port; removed after."""
     bin_dir = postgres_bin_dir()
     if bin_dir is None:
         raise NoPostgresServer(
             f"no PostgreSQL: set {ENV_VAR}, start Docker, or install the server "
             "(apt-get install postgresql)"
         )
-    base = Path(tempfile.mkdtemp(prefix="downlink-pg-"))
-    run_as: dict[str, Any] = {}
-    if os.geteuid() == 0:
-        try:
-            owner = pwd.getpwnam("postgres")
-        except KeyError:
-            shutil.rmtree(base)
-            raise NoPostgresServer(
-                "initdb refuses to run as root and there is no `postgres` OS user"
-            ) from None
-        os.chown(base, owner.pw_uid, owner.pw_gid)
-        run_as = {"user": owner.pw_uid, "group": owner.pw_gid, "extra_groups": []}
-    data = base / "data"
-    log = base / "postgres.log"
-    pg_ctl = str(bin_dir / "pg_ctl")
-
-    def run(*cmd: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            cmd, cwd=base, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-            timeout=120, check=False, **run_as,
-        )  # fmt: skip
-
-    started = False
+    server = LocalPostgres(bin_dir)
     try:
-        init = run(str(bin_dir / "initdb"), "-U", "postgres", "--auth=trust", "--no-sync",
-                   "-E", "UTF8", "--locale=C", "-D", str(data))  # fmt: skip
-        if init.returncode != 0:
-            raise NoPostgresServer(f"initdb failed:\n{init.stdout}\n{init.stderr}")
+        server.init()
         for _ in range(attempts):
-            port = free_port()
-            options = (
-                f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off "
-                "-c full_page_writes=off -c synchronous_commit=off -c max_connections=200"
-            )
-            start = run(pg_ctl, "-w", "-t", "60", "-D", str(data), "-l", str(log),
-                        "-o", options, "start")  # fmt: skip
-            if start.returncode == 0:
-                started = True
+            start = server.start(free_port())
+            if server.running:
                 break
-        if not started:
-            detail = log.read_text() if log.exists() else ""
+        if not server.running:
+            detail = server.log.read_text() if server.log.exists() else ""
             raise NoPostgresServer(
                 f"pg_ctl start failed:\n{start.stdout}\n{start.stderr}\n{detail}"
             )
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        yield server
     finally:
-        if started:
-            run(pg_ctl, "stop", "-D", str(data), "-m", "immediate", "-w")
-        shutil.rmtree(base, ignore_errors=True)
+        server.remove()
+
+
+@contextlib.contextmanager
+def throwaway_postgres(attempts: int = 3) -> Iterator[str]:
+    """Run a fresh cluster on a free loopback port; remove it after."""
+    with local_postgres(attempts) as server:
+        yield server.url
