@@ -22,9 +22,11 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.gateway import resources
 from services.gateway.auth import BearerTokenMiddleware, provide_user
+from services.gateway.controllers.admin import AdminController
 from services.gateway.controllers.downloads import DownloadsController
 from services.gateway.controllers.system import SystemController
 from services.gateway.errors import GatewayError
+from services.gateway.reconciler import Reconciler
 from services.gateway.relay import OutboxRelay
 from services.gateway.repository import DATABASE_DOWN, JobRepository, User
 from services.gateway.schemas import ErrorBody
@@ -68,7 +70,7 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
 
     api = Router(
         path="/api/v1",
-        route_handlers=[DownloadsController],
+        route_handlers=[DownloadsController, AdminController],
         middleware=[DefineMiddleware(BearerTokenMiddleware)],
         dependencies={"current_user": Provide(provide_user, sync_to_thread=False)},
         security=[{_BEARER: []}],
@@ -151,12 +153,18 @@ async def _open_resources(
         await broker.connect()
         stack.push_async_callback(broker.stop)
         storage = open_storage(settings.storage_url)
+        retention_s = settings.retention_days * 86_400
         relay = OutboxRelay(
-            pool, broker, redis, keep_processed_events_s=settings.retention_days * 86_400.0
+            pool,
+            broker,
+            redis,
+            keep_processed_events_s=float(retention_s),
+            live_ttl_s=retention_s,
         )
         tracker = Tracker(
             pool, redis, settings, on_outbox_written=relay.wake, tracer_provider=tracer_provider
         )
+        reconciler = Reconciler(pool, redis, settings, on_outbox_written=relay.wake)
         await _warn_if_database_down(pool)
         yield _Opened(
             resources.Resources(
@@ -166,8 +174,13 @@ async def _open_resources(
                 storage=storage,
                 repository=JobRepository(pool),
                 relay=relay,
+                broker=broker,
             ),
-            loops=[(relay.run, relay.stop), (tracker.run, tracker.stop)],
+            loops=[
+                (relay.run, relay.stop),
+                (tracker.run, tracker.stop),
+                (reconciler.run, reconciler.stop),
+            ],
         )
 
 

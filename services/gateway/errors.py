@@ -5,8 +5,10 @@ DownlinkError (shared.errors)
     ├── InvalidRequest        400  a parameter or header is malformed; the message names it
     ├── NotFound              404  missing, or another user's
     │   ├── JobNotFound
-    │   └── FileNotFound
+    │   ├── FileNotFound
+    │   └── DeadLetterNotFound
     ├── JobAlreadyEnded       409  the job reached a final state before the request
+    ├── CannotRedrive         409  a dead letter whose work may not run again (cancelled job)
     ├── RangeNotSatisfiable   416  a Range header outside the stored bytes
     └── ServiceUnavailable    503  PostgreSQL or Redis cannot be reached
 """
@@ -49,12 +51,23 @@ class FileNotFound(NotFound):
         super().__init__(f"file {file_id} {reason}")
 
 
+class DeadLetterNotFound(NotFound):
+    def __init__(self, letter_id: str) -> None:
+        super().__init__(f"dead letter {letter_id} not found")
+
+
 class JobAlreadyEnded(GatewayError):
     status_code = 409
 
     def __init__(self, job_id: str, status: str) -> None:
         super().__init__(f"job {job_id} already ended: {status}")
         self.status = status
+
+
+class CannotRedrive(GatewayError):
+    """A dead letter whose work must not run again; the message says why."""
+
+    status_code = 409
 
 
 class RangeNotSatisfiable(GatewayError):

@@ -2,6 +2,8 @@
 
 A row is marked sent only after Redis accepted it, in the transaction that locked it, so a crash
 or an outage between the two re-publishes the row later: duplicates are harmless, loss is not.
+A download command is published together with its file's live marker (one MULTI/EXEC), which
+the reconciler reads to tell a command Redis still holds from one it lost.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from redis.exceptions import RedisError
 
 from services.gateway import repository
 from services.gateway.repository import DATABASE_DOWN
+from shared.streams import live_key
 
 if TYPE_CHECKING:
     import asyncpg
@@ -54,6 +57,7 @@ class OutboxRelay:
         purge_interval_s: float = 600.0,
         keep_sent_s: float = 86_400.0,
         keep_processed_events_s: float = 7 * 86_400.0,
+        live_ttl_s: int = 7 * 86_400,
     ) -> None:
         self._pool = pool
         self._broker = broker
@@ -64,6 +68,7 @@ class OutboxRelay:
         self._purge_interval_s = purge_interval_s
         self._keep_sent_s = keep_sent_s
         self._keep_processed_events_s = keep_processed_events_s
+        self._live_ttl_s = live_ttl_s
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self.published = 0
@@ -121,8 +126,10 @@ class OutboxRelay:
         return len(rows)
 
     async def _publish(self, rows: list[OutboxRow]) -> None:
-        # One pipeline per batch: one round trip instead of one per row.
-        async with self._redis.pipeline(transaction=False) as pipe:
+        # One MULTI/EXEC per batch: one round trip instead of one per row, and each XADD lands
+        # together with its live marker or not at all. A flush, or AOF losing its last second,
+        # then takes both or neither, so a missing marker always means a missing command.
+        async with self._redis.pipeline(transaction=True) as pipe:
             for row in rows:
                 # Publishing under the context of the request that wrote the row makes the
                 # publish span its child, and puts that span's traceparent in the frame.
@@ -136,6 +143,8 @@ class OutboxRelay:
                     )
                 finally:
                     context.detach(token)
+                if row.file_id is not None:
+                    pipe.set(live_key(row.file_id), b"1", ex=self._live_ttl_s)
             await pipe.execute()
 
     async def _pause(self, seconds: float, *, wakeable: bool = True) -> None:

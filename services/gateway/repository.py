@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 import msgspec
 
-from services.gateway.errors import FileNotFound, JobAlreadyEnded, JobNotFound
+from services.gateway.errors import CannotRedrive, FileNotFound, JobAlreadyEnded, JobNotFound
 from services.gateway.schemas import (
     FileResult,
     JobListResponse,
@@ -76,6 +76,7 @@ class NewJob(msgspec.Struct, frozen=True, kw_only=True):
     metadata: dict[str, Any] = {}
     options: dict[str, Any] = {}
     idempotency_key: str | None = None
+    timeout_s: int | None = None
 
 
 class SubmittedJob(msgspec.Struct, frozen=True, kw_only=True):
@@ -101,10 +102,13 @@ class StoredFile(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class OutboxRow(msgspec.Struct, frozen=True, kw_only=True):
+    """One message to publish; `file_id` is set on download commands (the relay marks it live)."""
+
     id: int
     stream: str
     body: bytes
     headers: dict[str, str]
+    file_id: FileId | None = None
 
 
 class FileCounts(msgspec.Struct, frozen=True, kw_only=True):
@@ -205,7 +209,7 @@ class JobRepository:
             # submissions with one key still end up with one job.
             row = await connection.fetchrow(
                 "INSERT INTO jobs (id, user_id, priority, metadata, options, idempotency_key,"
-                " total_files) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+                " total_files, timeout_s) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
                 " ON CONFLICT (user_id, idempotency_key) DO NOTHING"
                 " RETURNING id, status, created_at",
                 job_id,
@@ -215,6 +219,7 @@ class JobRepository:
                 job.options,
                 job.idempotency_key,
                 len(job.files),
+                job.timeout_s,
             )
             existing = row is None
             if row is None:
@@ -245,12 +250,14 @@ class JobRepository:
                     [file.sha256 for file in job.files],
                 )
                 await connection.execute(
-                    "INSERT INTO outbox (stream, body, headers)"
-                    " SELECT $1, body, $3::jsonb"
-                    " FROM unnest($2::bytea[]) WITH ORDINALITY AS o(body, n) ORDER BY n",
+                    "INSERT INTO outbox (stream, body, headers, file_id)"
+                    " SELECT $1, o.body, $3::jsonb, o.file_id"
+                    " FROM unnest($2::bytea[], $4::uuid[]) WITH ORDINALITY AS o(body, file_id, n)"
+                    " ORDER BY n",
                     stream,
                     bodies,
                     trace_headers,
+                    file_ids,
                 )
                 own_open = len(job.files)
             ahead = await connection.fetchval(
@@ -454,22 +461,38 @@ def _job_status(row: asyncpg.Record) -> JobStatusResponse:
 
 
 async def add_to_outbox(
-    connection: asyncpg.Connection, stream: str, body: bytes, *, headers: dict[str, str]
+    connection: asyncpg.Connection,
+    stream: str,
+    body: bytes,
+    *,
+    headers: dict[str, str],
+    file_id: FileId | None = None,
 ) -> None:
+    """Queue one message; `file_id` names the file a download command is for."""
     await connection.execute(
-        "INSERT INTO outbox (stream, body, headers) VALUES ($1, $2, $3)", stream, body, headers
+        "INSERT INTO outbox (stream, body, headers, file_id) VALUES ($1, $2, $3, $4)",
+        stream,
+        body,
+        headers,
+        file_id,
     )
 
 
 async def claim_outbox(connection: asyncpg.Connection, limit: int) -> list[OutboxRow]:
     """Lock the oldest unsent rows; other relays skip them until this transaction ends."""
     rows = await connection.fetch(
-        "SELECT id, stream, body, headers FROM outbox WHERE sent_at IS NULL"
+        "SELECT id, stream, body, headers, file_id FROM outbox WHERE sent_at IS NULL"
         " ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
         limit,
     )
     return [
-        OutboxRow(id=r["id"], stream=r["stream"], body=r["body"], headers=r["headers"] or {})
+        OutboxRow(
+            id=r["id"],
+            stream=r["stream"],
+            body=r["body"],
+            headers=r["headers"] or {},
+            file_id=None if r["file_id"] is None else FileId(str(r["file_id"])),
+        )
         for r in rows
     ]
 
@@ -608,3 +631,205 @@ async def finish_job(connection: asyncpg.Connection, job_id: JobId, status: JobS
 def _changed(command_status: str) -> bool:
     # asyncpg answers an UPDATE with its command tag, e.g. "UPDATE 1".
     return command_status.rsplit(" ", 1)[-1] != "0"
+
+
+# --- the reconciler -------------------------------------------------------------------------
+# It re-publishes work Redis lost and ends jobs past their timeout; PostgreSQL stays the record.
+
+# A download command is rebuilt from the file and its job exactly as submit() wrote it.
+_COMMAND_COLUMNS = (
+    "f.id, f.job_id, f.url, f.requested_name, f.expected_sha256, j.user_id, j.priority"
+)
+
+
+class OpenFile(msgspec.Struct, frozen=True, kw_only=True):
+    """A file of an unfinished job that may need its command published again."""
+
+    command: DownloadFile
+
+    @property
+    def stream(self) -> str:
+        return download_stream(lane_for(self.command.priority))
+
+
+class TimedOutJob(msgspec.Struct, frozen=True, kw_only=True):
+    job_id: JobId
+    timeout_s: int
+
+
+async def pending_without_unsent_row(
+    connection: asyncpg.Connection, *, after: FileId | None, limit: int
+) -> list[OpenFile]:
+    """Pending files of unfinished jobs with no outbox row waiting, in file-id order after `after`.
+
+    Their command left through the relay, so it is live in Redis unless Redis lost it.
+    """
+    rows = await connection.fetch(
+        f"SELECT {_COMMAND_COLUMNS} FROM files f JOIN jobs j ON j.id = f.job_id"
+        " WHERE f.status = 'pending' AND j.finished_at IS NULL"
+        " AND ($1::uuid IS NULL OR f.id > $1)"
+        " AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.file_id = f.id AND o.sent_at IS NULL)"
+        " ORDER BY f.id LIMIT $2",
+        after,
+        limit,
+    )
+    return [_open_file(row) for row in rows]
+
+
+async def stale_downloads(
+    connection: asyncpg.Connection, *, stale_s: float, limit: int
+) -> list[OpenFile]:
+    """Downloading files with no event for `stale_s` and not re-published within it either."""
+    rows = await connection.fetch(
+        f"SELECT {_COMMAND_COLUMNS} FROM files f JOIN jobs j ON j.id = f.job_id"
+        " WHERE f.status = 'downloading' AND j.finished_at IS NULL"
+        " AND f.updated_at < now() - make_interval(secs => $1)"
+        # A row written within the window is our own earlier re-publish still on its way (a
+        # deep lane can hold it for long): publishing on every pass would pile up duplicates.
+        " AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.file_id = f.id"
+        "   AND (o.sent_at IS NULL OR o.created_at > now() - make_interval(secs => $1)))"
+        " ORDER BY f.updated_at LIMIT $2",
+        stale_s,
+        limit,
+    )
+    return [_open_file(row) for row in rows]
+
+
+async def republish(
+    connection: asyncpg.Connection, files: Sequence[OpenFile], *, headers: dict[str, str]
+) -> int:
+    """Queue the command of each file that is still open and has no row waiting; returns how many.
+
+    The conditions are checked again here, so a file that moved on since it was read is skipped.
+    """
+    if not files:
+        return 0
+    result = await connection.execute(
+        "INSERT INTO outbox (stream, body, headers, file_id)"
+        " SELECT u.stream, u.body, $4::jsonb, u.file_id"
+        " FROM unnest($1::text[], $2::bytea[], $3::uuid[]) WITH ORDINALITY"
+        "   AS u(stream, body, file_id, n)"
+        " JOIN files f ON f.id = u.file_id JOIN jobs j ON j.id = f.job_id"
+        " WHERE f.status IN ('pending', 'downloading') AND j.finished_at IS NULL"
+        " AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.file_id = f.id AND o.sent_at IS NULL)"
+        " ORDER BY u.n",
+        [file.stream for file in files],
+        [ENCODER.encode(file.command) for file in files],
+        [file.command.file_id for file in files],
+        headers,
+    )
+    return int(result.rsplit(" ", 1)[-1])
+
+
+# Still unfinished and past its timeout, counted from its creation or its last re-drive.
+_PAST_TIMEOUT = (
+    "finished_at IS NULL AND status IN ('pending', 'in_progress')"
+    " AND coalesce(reopened_at, created_at)"
+    " < now() - make_interval(secs => coalesce(timeout_s, $1))"
+)
+
+
+async def timed_out_jobs(
+    connection: asyncpg.Connection, *, default_timeout_s: float, limit: int
+) -> list[TimedOutJob]:
+    """Unfinished jobs older than their timeout (their own, else the default), oldest first."""
+    rows = await connection.fetch(
+        "SELECT id, coalesce(timeout_s, $1)::bigint AS timeout_s FROM jobs"
+        f" WHERE {_PAST_TIMEOUT} ORDER BY created_at LIMIT $2",
+        default_timeout_s,
+        limit,
+    )
+    return [TimedOutJob(job_id=JobId(str(r["id"])), timeout_s=r["timeout_s"]) for r in rows]
+
+
+async def lock_timed_out_job(
+    connection: asyncpg.Connection, job_id: JobId, *, default_timeout_s: float
+) -> JobStatus | None:
+    """Lock the job if it is still past its timeout; None when it ended or was re-driven since."""
+    status = await connection.fetchval(
+        f"SELECT status FROM jobs WHERE id = $2 AND {_PAST_TIMEOUT} FOR UPDATE",
+        default_timeout_s,
+        job_id,
+    )
+    return None if status is None else JobStatus(status)
+
+
+async def fail_open_files(connection: asyncpg.Connection, job_id: JobId, error: str) -> int:
+    """Fail every file of the job that has not ended, and give the job the same error."""
+    result = await connection.execute(
+        "UPDATE files SET status = 'failed', error = $2, rate_bps = NULL, updated_at = now()"
+        " WHERE job_id = $1 AND status IN ('pending', 'downloading')",
+        job_id,
+        error,
+    )
+    await connection.execute(
+        "UPDATE jobs SET error = $2, updated_at = now() WHERE id = $1", job_id, error
+    )
+    return int(result.rsplit(" ", 1)[-1])
+
+
+def _open_file(row: asyncpg.Record) -> OpenFile:
+    return OpenFile(
+        command=DownloadFile(
+            job_id=JobId(str(row["job_id"])),
+            file_id=FileId(str(row["id"])),
+            user_id=UserId(str(row["user_id"])),
+            url=row["url"],
+            filename=row["requested_name"],
+            sha256=row["expected_sha256"],
+            priority=row["priority"],
+        )
+    )
+
+
+# --- re-driving dead letters ----------------------------------------------------------------
+
+
+async def reopen_for_redrive(
+    pool: asyncpg.Pool,
+    command: DownloadFile,
+    *,
+    stream: str,
+    body: bytes,
+    headers: dict[str, str],
+) -> None:
+    """Reopen the command's file (and its job, if it ended) and queue the command again.
+
+    One transaction: either the file is pending again with its command in the outbox, or
+    nothing changed. Raises JobNotFound/FileNotFound, or CannotRedrive for a cancelled job
+    or a file that was stored after all.
+    """
+    async with pool.acquire() as connection, connection.transaction():
+        # The job first, then its file: the lock order of the tracker and of cancellation.
+        status = await lock_job(connection, command.job_id)
+        if status is None:
+            raise JobNotFound(command.job_id)
+        if status is JobStatus.CANCELLED:
+            raise CannotRedrive(f"job {command.job_id} was cancelled; its files stay cancelled")
+        file_status = await connection.fetchval(
+            "SELECT status FROM files WHERE id = $1 AND job_id = $2 FOR UPDATE",
+            command.file_id,
+            command.job_id,
+        )
+        if file_status is None:
+            raise FileNotFound(command.file_id)
+        if file_status in ("completed", "cancelled"):
+            raise CannotRedrive(f"file {command.file_id} is {file_status}; nothing to re-drive")
+        # `attempts` stays: it is the history of tries, and the new command starts at try 1.
+        await connection.execute(
+            "UPDATE files SET status = 'pending', error = NULL, rate_bps = NULL,"
+            " updated_at = now() WHERE id = $1",
+            command.file_id,
+        )
+        # An ended job runs again; either way its timeout counts from now, or an old job would
+        # time out again at the reconciler's next pass, before the work had a chance.
+        await connection.execute(
+            "UPDATE jobs SET reopened_at = now(), updated_at = now(),"
+            " status = CASE WHEN $2 THEN 'in_progress' ELSE status END,"
+            " finished_at = CASE WHEN $2 THEN NULL ELSE finished_at END,"
+            " error = CASE WHEN $2 THEN NULL ELSE error END"
+            " WHERE id = $1",
+            command.job_id,
+            status in FINAL_JOB_STATUSES,
+        )
+        await add_to_outbox(connection, stream, body, headers=headers, file_id=command.file_id)

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import asyncpg
+    from asyncpg import Pool
+    from faststream.redis import RedisBroker
     from litestar.datastructures import State
     from redis.asyncio import Redis
 
@@ -28,6 +30,7 @@ class Resources:
     storage: Storage
     repository: JobRepository
     relay: OutboxRelay
+    broker: RedisBroker
 
 
 def install(state: State, resources: Resources) -> None:
@@ -64,3 +67,11 @@ def provide_storage(state: State) -> Storage:
 
 def provide_settings(state: State) -> Settings:
     return resources_of(state).settings
+
+
+def provide_broker(state: State) -> RedisBroker:
+    return resources_of(state).broker
+
+
+def provide_pool(state: State) -> Pool:
+    return resources_of(state).pool

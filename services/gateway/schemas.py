@@ -24,6 +24,17 @@ Sha256Hex = Annotated[
 ]
 Priority = Annotated[int, msgspec.Meta(ge=1, le=10, description="1 (lowest) to 10 (highest)")]
 ProcessStep = Literal["metadata", "thumbnail", "cog"]
+JobTimeout = Annotated[
+    int,
+    msgspec.Meta(
+        ge=1,
+        le=30 * 86_400,
+        description=(
+            "seconds (1 s to 30 days) after which the job's unfinished files fail and the job "
+            "ends; overrides DOWNLINK_JOB_TIMEOUT"
+        ),
+    ),
+]
 
 
 # --- submit ---------------------------------------------------------------------------------
@@ -61,6 +72,7 @@ class SubmitRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_
     process: list[ProcessStep] | None = None
     composites: list[CompositeRequest] | None = None
     export: ExportRequest | None = None
+    timeout_s: JobTimeout | None = None
 
     def __post_init__(self) -> None:
         # msgspec reports a ValueError raised here as a validation error of the body, so the
@@ -208,6 +220,48 @@ class CancelRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_
 class CancelResponse(msgspec.Struct, frozen=True, kw_only=True):
     job_id: str
     status: JobStatus
+
+
+# --- admin: dead letters --------------------------------------------------------------------
+
+
+class DeadLetterView(msgspec.Struct, frozen=True, kw_only=True):
+    """One entry of `downlink:dead`.
+
+    `body` is the decoded DownloadFile where the letter carries one, else the raw body (a
+    poison message); `job_id`, `file_id` and `url` are filled in where the body names them.
+    """
+
+    id: Annotated[str, msgspec.Meta(description="the entry id on the dead-letter stream")]
+    stream: str
+    group: str
+    entry_id: Annotated[str, msgspec.Meta(description="the entry id on its original stream")]
+    error: str
+    attempts: int
+    consumer: str
+    failed_at: datetime
+    body: dict[str, Any] | str
+    job_id: str | None = None
+    file_id: str | None = None
+    url: str | None = None
+
+
+class DeadLetterListResponse(msgspec.Struct, frozen=True, kw_only=True):
+    """One page of dead letters, newest first."""
+
+    dead_letters: list[DeadLetterView]
+    page: int
+    per_page: int
+    total: int
+
+
+class RetryResponse(msgspec.Struct, frozen=True, kw_only=True):
+    """202 answer to a re-drive: the letter left the dead-letter stream, its work is queued."""
+
+    id: str
+    status: Literal["requeued"]
+    job_id: str | None = None
+    file_id: str | None = None
 
 
 # --- system ---------------------------------------------------------------------------------

@@ -76,11 +76,15 @@ async def project(connection: asyncpg.Connection, event: PipelineEvent) -> None:
         else:
             changed = await repository.file_failed(connection, event)
         if changed:
-            await _settle_job(connection, event.job_id, job_status)
+            await settle_job(connection, event.job_id, job_status)
 
 
-async def _settle_job(connection: asyncpg.Connection, job_id: JobId, status: JobStatus) -> None:
-    """Finish the job when none of its files is open any more (the job row is locked)."""
+async def settle_job(connection: asyncpg.Connection, job_id: JobId, status: JobStatus) -> None:
+    """Finish the job when none of its files is open any more (the caller locked the job row).
+
+    The one rule for a job's end (completed, partial or failed) and its JobFinished event:
+    the tracker applies it after each file's end, the reconciler after a job timed out.
+    """
     if status in FINAL_JOB_STATUSES:
         return  # cancelled stays cancelled
     counts = await repository.file_counts(connection, job_id)

@@ -51,6 +51,8 @@ async def test_every_api_route_needs_a_token(client: AsyncTestClient[Litestar]) 
         ("GET", f"{JOBS}/{some_id}/result", None),
         ("POST", f"{JOBS}/{some_id}/cancel", None),
         ("GET", f"/api/v1/downloads/files/{some_id}", None),
+        ("GET", "/api/v1/dead-letters", None),
+        ("POST", "/api/v1/dead-letters/1-0/retry", None),
     ]
     for method, path, body in calls:
         response = await client.request(method, path, json=body)

@@ -14,7 +14,8 @@ from services.gateway.relay import OutboxRelay
 from services.gateway.repository import purge_sent
 from shared.broker import create_broker
 from shared.postgres import open_pool
-from tests.gateway.support import stream_frames
+from shared.streams import EVENTS_STREAM, download_stream, lane_for, live_key
+from tests.gateway.support import stream_frames, submit_job, user_id
 from tests.support.ports import free_port
 
 if TYPE_CHECKING:
@@ -139,3 +140,38 @@ async def test_purge_forgets_old_sent_rows_only(
 
     assert [r["id"] for r in await pool.fetch("SELECT id FROM outbox ORDER BY id")] == [2, 3]
     assert await pool.fetchval("SELECT count(*) FROM processed_events") == 1
+
+
+async def test_a_download_command_and_its_live_marker_go_out_in_one_transaction(
+    pool: asyncpg.Pool, broker: RedisBroker, redis: Redis
+) -> None:
+    _job, files = await submit_job(pool, await user_id(pool, "alice"), files=2)
+    await _add(pool, EVENTS_STREAM, b"{}", {})  # an event: no file, no marker
+    relay = OutboxRelay(pool, broker, redis, live_ttl_s=3600)
+    async with redis.monitor() as monitor:
+        assert await relay.relay_once() == 3
+        names: list[list[str]] = []
+        while not names or names[-1] != ["EXEC"]:
+            command = (await asyncio.wait_for(monitor.next_command(), 2))["command"]
+            # Connection set-up (HELLO, SELECT, CLIENT) is not part of the batch.
+            if command.split(" ", 1)[0] in {"MULTI", "XADD", "SET", "EXEC"}:
+                names.append(command.split(" ", 2)[:2])
+
+    lane = download_stream(lane_for(5))
+    # MULTI, then per row its XADD (and the marker right after a command's), then EXEC.
+    assert names[0] == ["MULTI"]
+    assert names[1:6] == [
+        ["XADD", lane],
+        ["SET", live_key(files[0])],
+        ["XADD", lane],
+        ["SET", live_key(files[1])],
+        ["XADD", EVENTS_STREAM],
+    ]
+    assert names[6] == ["EXEC"]
+    for file_id in files:
+        assert await redis.get(live_key(file_id)) == b"1"
+        assert 3500 < await redis.ttl(live_key(file_id)) <= 3600
+    assert await redis.xlen(lane) == 2
+    # The submit recorded which file each command is for.
+    rows = await pool.fetch("SELECT file_id FROM outbox WHERE file_id IS NOT NULL ORDER BY id")
+    assert [str(row["file_id"]) for row in rows] == files

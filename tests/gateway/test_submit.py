@@ -197,6 +197,9 @@ BAD_BODIES: list[tuple[str, Any, str]] = [
     ("composite", {"urls": _urls(1), "composites": [{"kind": "evi", "bands": {}}]}, "kind"),
     ("export", {"urls": _urls(1), "export": {"format": "rar"}}, "export.format"),
     ("not-an-object", [1, 2], "object"),
+    ("timeout-short", {"urls": _urls(1), "timeout_s": 0}, "timeout_s"),
+    ("timeout-long", {"urls": _urls(1), "timeout_s": 30 * 86_400 + 1}, "timeout_s"),
+    ("timeout-text", {"urls": _urls(1), "timeout_s": "2d"}, "timeout_s"),
 ]
 
 
@@ -214,6 +217,22 @@ async def test_bad_bodies_answer_400_naming_the_field_and_write_nothing(
     assert await _count(pool, "jobs") == 0
     assert await _count(pool, "files") == 0
     assert await _count(pool, "outbox") == 0
+
+
+async def test_a_job_may_bring_its_own_timeout(
+    client: AsyncTestClient[Litestar], auth: dict[str, str], pool: asyncpg.Pool
+) -> None:
+    for timeout_s in (1, 30 * 86_400, None):
+        body: dict[str, Any] = {"urls": _urls(1)}
+        if timeout_s is not None:
+            body["timeout_s"] = timeout_s
+        response = await client.post(SUBMIT, json=body, headers=auth)
+
+        assert response.status_code == 202, response.text
+        stored = await pool.fetchval(
+            "SELECT timeout_s FROM jobs WHERE id = $1", response.json()["job_id"]
+        )
+        assert stored == timeout_s
 
 
 async def test_malformed_json_answers_400_and_writes_nothing(

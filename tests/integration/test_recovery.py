@@ -290,3 +290,24 @@ def test_leases_keep_a_long_download_and_a_dead_consumer_is_reclaimed(
     assert stack.wait_job(alice, job_id, timeout=30)["status"] == "completed"
     with capsys.disabled():
         print(f"\nlease: reclaimed {reclaimed_s:.1f} s after SIGKILL (CLAIM_IDLE=5)")
+
+
+def test_a_job_past_its_timeout_fails_its_unfinished_files(
+    pipeline_factory: PipelineFactory, file_server: FileServer
+) -> None:
+    stack = pipeline_factory(**FAST)
+    stack.start_downloader()
+    alice = stack.client("alice")
+    quick, _ = file_server.add_file("quick.bin", size=1024)
+    file_server.add_file("endless.bin", size=50 * MIB)
+    endless = file_server.file_url("endless.bin", rate=256 * 1024)
+    job_id = _submit(alice, [quick, endless], timeout_s=3)
+    status = stack.wait_job(alice, job_id, timeout=20)
+
+    assert status["status"] == "partial"
+    by_url = {item["url"]: item for item in stack.result(alice, job_id)["results"]}
+    assert by_url[quick]["status"] == "completed"
+    assert by_url[endless]["status"] == "failed"
+    assert "timed out" in by_url[endless]["error"]
+    (request,) = _file_requests(file_server, "endless.bin")
+    _wait_until(lambda: request.done, 3, "the timed-out download to be aborted")

@@ -102,6 +102,7 @@ class DownloadsController(Controller):
             metadata=data.metadata,
             options=data.options(),
             idempotency_key=idempotency_key,
+            timeout_s=data.timeout_s,
         )
         submitted = await repository.submit(job, trace_headers=trace_headers())
         if submitted.existing:

@@ -1,0 +1,247 @@
+"""The reconciler: re-publishes work Redis lost, ends jobs past their timeout, trims the streams.
+
+PostgreSQL is the record and Redis the transport; every pass compares the two. One gateway at a
+time runs a pass (a PostgreSQL advisory lock), every `DOWNLINK_RECONCILE_INTERVAL` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import asyncpg
+from redis.exceptions import RedisError
+
+from services.gateway import repository
+from services.gateway.cancellation import announce_cancel
+from services.gateway.relay import trace_headers
+from services.gateway.repository import DATABASE_DOWN
+from services.gateway.tracker import settle_job
+from shared.consumer import ensure_groups
+from shared.streams import DOWNLOAD_LANES, EVENTS_STREAM, GROUPS, live_key
+from shared.trim import cap_dead_letters, trim_stream
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from redis.asyncio import Redis
+
+    from shared.ids import FileId
+    from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Any constant works; every gateway must use the same one.
+RECONCILE_LOCK = int.from_bytes(hashlib.sha256(b"downlink-reconciler").digest()[:7], "big")
+# A downloading file with no event for this long lost its message or its events: FileProgress
+# arrives every second while bytes flow, and leases are renewed well inside claim_idle_s.
+MIN_STALE_S = 60.0
+STALE_CLAIM_FACTOR = 4
+_SECONDS_PER_DAY = 86_400
+_OUTAGES: tuple[type[BaseException], ...] = (*DATABASE_DOWN, RedisError, OSError)
+# The streams groups consume; the dead-letter stream is capped by length instead.
+TRIMMED_STREAMS: tuple[str, ...] = (*DOWNLOAD_LANES, EVENTS_STREAM)
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcileReport:
+    """What one pass did; `ran` is False when another gateway held the lock."""
+
+    ran: bool
+    republished_lost: int = 0
+    republished_stale: int = 0
+    timed_out_jobs: int = 0
+    trimmed: int = 0
+
+
+class Reconciler:
+    """Runs `reconcile_once()` every `settings.reconcile_interval_s` until `stop()`."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        redis: Redis,
+        settings: Settings,
+        *,
+        on_outbox_written: Callable[[], None] | None = None,
+        batch_size: int = 1000,
+    ) -> None:
+        self._pool = pool
+        self._redis = redis
+        self._settings = settings
+        self._on_outbox_written = on_outbox_written
+        self._batch_size = batch_size
+        self._stopping = asyncio.Event()
+
+    @property
+    def stale_after_s(self) -> float:
+        """How long a downloading file may go without any event before it is re-published."""
+        return max(MIN_STALE_S, STALE_CLAIM_FACTOR * self._settings.claim_idle_s)
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Reconcile every interval until `stop()`; outages are logged and waited out."""
+        # Not at start: the relay publishes what is queued first, and a restarted fleet does
+        # not run a pass per gateway at the same instant.
+        while not await self._sleep(self._settings.reconcile_interval_s):
+            try:
+                await self.reconcile_once()
+            except _OUTAGES as exc:
+                log.warning("reconciler: %s: %s; trying again next pass", type(exc).__name__, exc)
+            except Exception:
+                # A bug must not end the loop for good: lost work would never come back.
+                log.exception("reconcile pass failed")
+
+    async def reconcile_once(self) -> ReconcileReport:
+        """One pass, if no other gateway is running one."""
+        async with self._pool.acquire() as lock_connection:
+            # A session lock, held on this connection for the pass: it is released if this
+            # process dies, and the pool's reset on release drops it should the unlock fail.
+            if not await lock_connection.fetchval(
+                "SELECT pg_try_advisory_lock($1)", RECONCILE_LOCK
+            ):
+                log.debug("reconcile pass skipped: another gateway holds the lock")
+                return ReconcileReport(ran=False)
+            try:
+                report = await self._pass()
+            finally:
+                with contextlib.suppress(*DATABASE_DOWN, asyncpg.InterfaceError):
+                    await lock_connection.execute("SELECT pg_advisory_unlock($1)", RECONCILE_LOCK)
+        written = report.republished_lost + report.republished_stale + report.timed_out_jobs
+        if written and self._on_outbox_written is not None:
+            self._on_outbox_written()
+        if written or report.trimmed:
+            log.info(
+                "reconciled: %d lost and %d stale files re-published, %d jobs timed out,"
+                " %d stream entries trimmed",
+                report.republished_lost,
+                report.republished_stale,
+                report.timed_out_jobs,
+                report.trimmed,
+            )
+        return report
+
+    async def _pass(self) -> ReconcileReport:
+        # After a flush the groups are gone; recreated at id 0 they also see whatever was
+        # published since. Consumers recreate their own, but the gateway may be first.
+        await ensure_groups(self._redis, GROUPS)
+        # Timeouts first: no point re-publishing work of a job that ends now.
+        timed_out = await self._time_out_jobs()
+        lost = await self._republish_lost()
+        stale = await self._republish_stale()
+        trimmed = await self._trim()
+        return ReconcileReport(
+            ran=True,
+            republished_lost=lost,
+            republished_stale=stale,
+            timed_out_jobs=timed_out,
+            trimmed=trimmed,
+        )
+
+    # --- Redis loss -----------------------------------------------------------------------------
+
+    async def _republish_lost(self) -> int:
+        """Pending files whose command left the outbox but whose live marker is gone."""
+        republished = 0
+        after: FileId | None = None
+        while True:
+            async with self._pool.acquire() as connection:
+                batch = await repository.pending_without_unsent_row(
+                    connection, after=after, limit=self._batch_size
+                )
+            if not batch:
+                return republished
+            after = batch[-1].command.file_id
+            missing = await self._missing_live_keys(batch)
+            if missing:
+                async with self._pool.acquire() as connection, connection.transaction():
+                    republished += await repository.republish(
+                        connection, missing, headers=trace_headers()
+                    )
+            if len(batch) < self._batch_size:
+                return republished
+
+    async def _missing_live_keys(
+        self, files: Sequence[repository.OpenFile]
+    ) -> list[repository.OpenFile]:
+        # One round trip per batch. A Redis still loading its data answers with an error, not
+        # with "missing", so a restart never looks like a loss.
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for file in files:
+                pipe.exists(live_key(file.command.file_id))
+            found = await pipe.execute()
+        return [file for file, exists in zip(files, found, strict=True) if not exists]
+
+    async def _republish_stale(self) -> int:
+        """Downloading files without any event for `stale_after_s`."""
+        republished = 0
+        while True:
+            async with self._pool.acquire() as connection, connection.transaction():
+                batch = await repository.stale_downloads(
+                    connection, stale_s=self.stale_after_s, limit=self._batch_size
+                )
+                # The rows written here exclude these files from the next query, so the loop
+                # moves on without a cursor.
+                written = await repository.republish(connection, batch, headers=trace_headers())
+            republished += written
+            if len(batch) < self._batch_size or not written:
+                return republished
+
+    # --- job timeout ----------------------------------------------------------------------------
+
+    async def _time_out_jobs(self) -> int:
+        default_s = self._settings.job_timeout_s
+        ended = 0
+        while True:
+            async with self._pool.acquire() as connection:
+                jobs = await repository.timed_out_jobs(
+                    connection, default_timeout_s=default_s, limit=self._batch_size
+                )
+            ended_now = 0
+            for job in jobs:
+                if await self._time_out(job, default_s):
+                    ended_now += 1
+            ended += ended_now
+            if len(jobs) < self._batch_size or not ended_now:
+                return ended
+
+    async def _time_out(self, job: repository.TimedOutJob, default_s: float) -> bool:
+        error = f"job timed out after {job.timeout_s} s"
+        async with self._pool.acquire() as connection, connection.transaction():
+            # Checked again under the lock: the job may have ended or been re-driven since.
+            status = await repository.lock_timed_out_job(
+                connection, job.job_id, default_timeout_s=default_s
+            )
+            if status is None:
+                return False
+            failed = await repository.fail_open_files(connection, job.job_id, error)
+            await settle_job(connection, job.job_id, status)
+        log.warning(
+            "job %s timed out after %d s; %d files failed", job.job_id, job.timeout_s, failed
+        )
+        # The user's cancel path: queued commands of the job are skipped, running ones aborted.
+        await announce_cancel(
+            self._redis, job.job_id, ttl_s=self._settings.retention_days * _SECONDS_PER_DAY
+        )
+        return True
+
+    # --- bounded streams ------------------------------------------------------------------------
+
+    async def _trim(self) -> int:
+        trimmed = 0
+        for stream in TRIMMED_STREAMS:
+            trimmed += await trim_stream(self._redis, stream)
+        await cap_dead_letters(self._redis)
+        return trimmed
+
+    async def _sleep(self, seconds: float) -> bool:
+        """Wait `seconds`; True when stopping."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        return self._stopping.is_set()
