@@ -13,7 +13,7 @@ from shared.streams import EVENTS_STREAM
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
 
-    from shared.events import Command, Event
+    from shared.events import Command, Event, ExportEvent
 
 
 def create_broker(redis_url: str, tracer_provider: TracerProvider | None = None) -> RedisBroker:
@@ -28,7 +28,7 @@ def create_broker(redis_url: str, tracer_provider: TracerProvider | None = None)
 class EventPublisher(Protocol):
     """Where handlers send their facts."""
 
-    async def publish(self, event: Event) -> None: ...
+    async def publish(self, event: Event | ExportEvent) -> None: ...
 
 
 class BrokerPublisher:
@@ -37,7 +37,7 @@ class BrokerPublisher:
     def __init__(self, broker: RedisBroker) -> None:
         self._broker = broker
 
-    async def publish(self, event: Event) -> None:
+    async def publish(self, event: Event | ExportEvent) -> None:
         await self._broker.publish(event, stream=EVENTS_STREAM)
 
     async def send(self, command: Command, stream: str) -> None:

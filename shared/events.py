@@ -9,7 +9,7 @@ Evolution rules (the wire outlives the code):
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -22,19 +22,14 @@ Sha256Hex = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
 
 
 class Command(msgspec.Struct, tag_field="type", frozen=True, kw_only=True):
-    """Base of every imperative message on a work lane.
-
-    Attributes:
-        job_id: the job the work belongs to.
-    """
-
-    job_id: JobId
+    """Base of every imperative message on a work lane."""
 
 
 class DownloadFile(Command, tag="download.file", frozen=True):
     """Fetch one URL into storage.
 
     Attributes:
+        job_id: the job the work belongs to.
         file_id: the file row this download fills.
         user_id: the owner; stored paths live under the owner's area.
         url: http(s) URL to fetch.
@@ -43,6 +38,7 @@ class DownloadFile(Command, tag="download.file", frozen=True):
         priority: 1-10, decides the lane.
     """
 
+    job_id: JobId
     file_id: FileId
     user_id: UserId
     url: str
@@ -51,8 +47,109 @@ class DownloadFile(Command, tag="download.file", frozen=True):
     priority: int = 5
 
 
+ProcessStep = Literal["metadata", "thumbnail", "cog"]
+CompositeKind = Literal["ndvi", "rgb"]
+
+
+class ProcessFile(Command, tag="process.file", frozen=True):
+    """Run per-file processing steps on a downloaded file.
+
+    Attributes:
+        job_id: the job the file belongs to.
+        file_id: the downloaded file.
+        user_id: the owner; artifacts are stored under the owner's area.
+        filepath: the file's storage key.
+        filename: the file's name in its job.
+        steps: the steps asked for, in order.
+        priority: the job's priority, 1-10, decides the lane.
+    """
+
+    job_id: JobId
+    file_id: FileId
+    user_id: UserId
+    filepath: str
+    filename: str
+    steps: tuple[ProcessStep, ...]
+    priority: int = 5
+
+
+class BuildComposite(Command, tag="process.composite", frozen=True):
+    """Build a job-level band composite once every named band is downloaded (fan-in).
+
+    Attributes:
+        job_id: the job.
+        composite_id: the composite row this build fills.
+        user_id: the owner.
+        kind: "ndvi" (float32, (nir - red) / (nir + red)) or "rgb" (8-bit true colour).
+        bands: band role ("red", "nir", "green", "blue") -> storage key of its file.
+        bounds: optional WGS84 (west, south, east, north) to crop to.
+        priority: the job's priority.
+    """
+
+    job_id: JobId
+    composite_id: str
+    user_id: UserId
+    kind: CompositeKind
+    bands: dict[str, str]
+    bounds: tuple[float, float, float, float] | None = None
+    priority: int = 5
+
+
+ExportFormat = Literal["zip", "tar.gz"]
+
+
+class ExportItem(msgspec.Struct, frozen=True, kw_only=True):
+    """One stored object to put in an archive, with what the manifest says of it.
+
+    Attributes:
+        file_id: the file (or artifact) id.
+        job_id: the job it belongs to.
+        filepath: its storage key.
+        arcname: its path inside the archive (unique, relative).
+        size: bytes.
+        sha256: hex digest of its bytes.
+        url: the source URL (downloads) or None (artifacts).
+        kind: "file" for a download, else the artifact kind ("thumbnail", "cog", "ndvi", ...).
+        source_file_id: for an artifact, the file it was made from.
+        metadata: the processor's metadata of the file when known (CRS, bounds, ...).
+    """
+
+    file_id: str
+    job_id: JobId
+    filepath: str
+    arcname: str
+    size: int
+    sha256: str
+    url: str | None = None
+    kind: str = "file"
+    source_file_id: str | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class BuildExport(Command, tag="export.build", frozen=True):
+    """Stream a selection of stored files into one archive.
+
+    Attributes:
+        export_id: the export row this build fills.
+        user_id: the owner; the archive is stored under the owner's area.
+        format: "zip" or "tar.gz".
+        include_metadata: add manifest.json, SHA256SUMS and a STAC ItemCollection.
+        items: what goes in, resolved and checked by the gateway.
+        jobs: the jobs involved, as the manifest describes them (id, status, metadata, ...).
+    """
+
+    export_id: str
+    user_id: UserId
+    format: ExportFormat
+    include_metadata: bool = True
+    items: tuple[ExportItem, ...] = ()
+    jobs: tuple[dict[str, Any], ...] = ()
+
+
 WorkCommand = DownloadFile
-COMMAND_DECODER = msgspec.json.Decoder(WorkCommand)
+COMMAND_DECODER = msgspec.json.Decoder(DownloadFile)
+PROCESS_DECODER = msgspec.json.Decoder(ProcessFile | BuildComposite)
+EXPORT_DECODER = msgspec.json.Decoder(BuildExport)
 
 
 # --- events: facts for any consumer -------------------------------------------------------------
@@ -152,6 +249,129 @@ class JobFinished(Event, tag="job.finished", frozen=True):
     failed: int = 0
 
 
-PipelineEvent = FileStarted | FileProgress | FileDownloaded | FileFailed | JobFinished
+# --- processing: per-file steps and job-level composites --------------------------------------
+
+
+ArtifactKind = Literal["metadata", "thumbnail", "cog", "ndvi", "rgb", "rgb_preview"]
+
+
+class ArtifactCreated(Event, tag="artifact.created", frozen=True):
+    """The processor made something from a job's files.
+
+    Attributes:
+        artifact_id: unique id; artifacts with a filepath download by this id.
+        kind: what it is.
+        file_id: the file it was made from (None for a composite).
+        composite_id: the composite it belongs to (None for a per-file artifact).
+        filepath: its storage key (None for "metadata", which is data only).
+        size: bytes stored (0 without a filepath).
+        sha256: hex digest of the stored bytes ("" without a filepath).
+        content_type: e.g. image/png, image/tiff; application=geotiff; profile=cloud-optimized.
+        metadata: the extracted metadata ("metadata" kind) or facts of the artifact.
+    """
+
+    artifact_id: str
+    kind: ArtifactKind
+    file_id: FileId | None = None
+    composite_id: str | None = None
+    filepath: str | None = None
+    size: int = 0
+    sha256: str = ""
+    content_type: str | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class FileProcessed(Event, tag="file.processed", frozen=True):
+    """Every step asked for a file has ended; each failed step is named with its error.
+
+    Attributes:
+        file_id: the file.
+        errors: step -> message for the steps that failed (the download stays successful).
+    """
+
+    file_id: FileId
+    errors: dict[str, str] = {}
+
+
+class CompositeFinished(Event, tag="composite.finished", frozen=True):
+    """A job-level composite ended.
+
+    Attributes:
+        composite_id: the composite.
+        error: why it failed, or None when its artifacts were created.
+    """
+
+    composite_id: str
+    error: str | None = None
+
+
+# --- exports --------------------------------------------------------------------------------
+
+
+class ExportEvent(msgspec.Struct, tag_field="type", frozen=True, kw_only=True):
+    """Base of facts about an export, which may span several jobs.
+
+    Attributes:
+        event_id: unique per event; consumers deduplicate on it.
+        export_id: the export.
+        at: Unix time (seconds).
+    """
+
+    event_id: EventId
+    export_id: str
+    at: float
+
+
+class ExportProgress(ExportEvent, tag="export.progress", frozen=True):
+    """Throttled progress of an archive being built.
+
+    Attributes:
+        files_done: items written so far.
+        bytes_done: source bytes read so far.
+    """
+
+    files_done: int
+    bytes_done: int
+
+
+class ExportReady(ExportEvent, tag="export.ready", frozen=True):
+    """The archive is complete in storage.
+
+    Attributes:
+        filepath: its storage key.
+        size: bytes.
+        sha256: hex digest of the archive.
+        file_count: items inside (metadata files not counted).
+    """
+
+    filepath: str
+    size: int
+    sha256: Sha256Hex
+    file_count: int
+
+
+class ExportFailed(ExportEvent, tag="export.failed", frozen=True):
+    """The archive could not be built.
+
+    Attributes:
+        error: a message for people.
+    """
+
+    error: str
+
+
+PipelineEvent = (
+    FileStarted
+    | FileProgress
+    | FileDownloaded
+    | FileFailed
+    | JobFinished
+    | ArtifactCreated
+    | FileProcessed
+    | CompositeFinished
+    | ExportProgress
+    | ExportReady
+    | ExportFailed
+)
 EVENT_DECODER = msgspec.json.Decoder(PipelineEvent)
 ENCODER = msgspec.json.Encoder()

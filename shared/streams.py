@@ -29,19 +29,30 @@ def download_stream(lane: Lane) -> str:
     return f"downlink:downloads:{lane.value}"
 
 
+def process_stream(lane: Lane) -> str:
+    return f"downlink:process:{lane.value}"
+
+
 # Highest first: a consumer with a free slot reads them in this order.
 DOWNLOAD_LANES: tuple[str, ...] = tuple(download_stream(lane) for lane in Lane)
+# CPU work has lanes of its own, so it never holds up downloads.
+PROCESS_LANES: tuple[str, ...] = tuple(process_stream(lane) for lane in Lane)
+EXPORT_STREAM = "downlink:exports"
 EVENTS_STREAM = "downlink:events"
 DEAD_STREAM = "downlink:dead"
 DELAYED_KEY = "downlink:delayed"
 CANCEL_CHANNEL = "downlink:cancel"
 
 DOWNLOADER_GROUP = "downloader"
+PROCESSOR_GROUP = "processor"
+EXPORTER_GROUP = "exporter"
 TRACKER_GROUP = "tracker"
 
 # Every group reads these streams; created up front so no entry published earlier is skipped.
 GROUPS: dict[str, tuple[str, ...]] = {
     DOWNLOADER_GROUP: DOWNLOAD_LANES,
+    PROCESSOR_GROUP: PROCESS_LANES,
+    EXPORTER_GROUP: (EXPORT_STREAM,),
     TRACKER_GROUP: (EVENTS_STREAM,),
 }
 

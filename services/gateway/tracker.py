@@ -52,8 +52,8 @@ _MAX_DB_WAIT_S = 10.0
 
 async def project(connection: asyncpg.Connection, event: PipelineEvent) -> None:
     """Apply one event to PostgreSQL; a replayed or out-of-order event changes nothing."""
-    if isinstance(event, JobFinished):
-        return  # the tracker's own output, for other consumers
+    if not isinstance(event, FileStarted | FileProgress | FileDownloaded | FileFailed):
+        return  # JobFinished is the tracker's own output; the rest are not projected yet
     if isinstance(event, FileProgress):
         # Not recorded in processed_events: progress is idempotent by itself (GREATEST, and
         # only while downloading) and far too frequent to keep a row per event.
