@@ -187,18 +187,22 @@ class StreamConsumer:
         stopping = asyncio.ensure_future(self._stopping.wait())
         try:
             await asyncio.wait((acquire, stopping), return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            self._give_back(acquire)
+            raise
         finally:
             stopping.cancel()
-            acquire.cancel()  # a no-op once it holds the slot; a cancelled wait takes none
-            got_slot: bool
-            try:
-                got_slot = await acquire
-            except asyncio.CancelledError:
-                got_slot = False
-        if got_slot and self._stopping.is_set():
+        if acquire.done() and not self._stopping.is_set():
+            return True
+        self._give_back(acquire)
+        return False
+
+    def _give_back(self, acquire: asyncio.Task[Any]) -> None:
+        # Semaphore.acquire returns the slot itself when cancelled after being granted one.
+        if not acquire.done():
+            acquire.cancel()
+        elif not acquire.cancelled():
             self._slots.release()
-            return False
-        return got_slot
 
     async def _read_next(self) -> list[tuple[str, str, dict[bytes, bytes]]]:
         # Highest lane first, without blocking; only when all are empty block on all of them.
@@ -435,6 +439,11 @@ class StreamConsumer:
                 log.warning("redis unreachable in %s: %s", step.__name__, exc)
             except Exception:
                 log.exception("%s failed", step.__name__)
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # A library swallowed our cancel (asyncio.wait_for on Python 3.11 does when the
+                # awaited call ends at the same moment, and redis-py wraps every send in it).
+                raise asyncio.CancelledError
 
     async def _drain(self) -> None:
         if not self._in_flight:

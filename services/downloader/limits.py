@@ -33,8 +33,8 @@ class AddressGuard:
         if self.allow_private:
             return
         ip = ipaddress.ip_address(address.split("%", 1)[0])
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
+        if isinstance(ip, ipaddress.IPv6Address):
+            ip = _embedded_ipv4(ip) or ip
         if any(ip in network for network in self._allowed):
             return
         if not ip.is_global or ip.is_multicast:
@@ -47,6 +47,22 @@ class AddressGuard:
         except ValueError:
             return
         self.check(host.strip("[]"))
+
+
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    # Mapped, NAT64, 6to4 and Teredo forms reach the IPv4 address inside them.
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip in _NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip.teredo is not None:
+        return ip.teredo[1]
+    return None
 
 
 class GuardedResolver(AbstractResolver):

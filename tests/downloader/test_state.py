@@ -1,0 +1,101 @@
+"""The downloader's Redis-backed ports: finished files, names taken in a job, cancelled jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from typing import TYPE_CHECKING
+
+import pytest
+
+from services.downloader.state import CancelWatcher, RedisCompletions, RedisNames
+from shared.errors import JobCancelled
+from shared.events import FileDownloaded
+from shared.ids import EventId, FileId, JobId
+from shared.streams import cancelled_key, done_key, names_key
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+JOB = JobId("job-1")
+
+
+async def test_completions_round_trip_with_a_ttl(redis: Redis) -> None:
+    completions = RedisCompletions(redis, ttl_s=120)
+    event = FileDownloaded(
+        event_id=EventId("e-1"),
+        job_id=JOB,
+        at=1.0,
+        file_id=FileId("f-1"),
+        filename="a.tif",
+        filepath="u/job-1/a.tif",
+        size=3,
+        sha256=hashlib.sha256(b"abc").hexdigest(),
+    )
+    assert await completions.get(FileId("f-1")) is None
+    await completions.put(event)
+    assert await completions.get(FileId("f-1")) == event
+    assert 0 < await redis.ttl(done_key("f-1")) <= 120
+
+
+async def test_a_name_is_claimed_once_per_job(redis: Redis) -> None:
+    names = RedisNames(redis, ttl_s=60)
+    assert await names.claim(JOB, "x.tif", FileId("f-1")) == "new"
+    assert await names.claim(JOB, "x.tif", FileId("f-1")) == "ours"
+    assert await names.claim(JOB, "x.tif", FileId("f-2")) == "taken"
+    assert await names.claim(JobId("job-2"), "x.tif", FileId("f-2")) == "new"
+    assert 0 < await redis.ttl(names_key(JOB)) <= 60
+
+
+async def test_concurrent_claims_of_one_name_have_one_winner(redis: Redis) -> None:
+    names = RedisNames(redis, ttl_s=60)
+    answers = await asyncio.gather(
+        *(names.claim(JOB, "same.tif", FileId(f"f-{n}")) for n in range(10))
+    )
+    assert sorted(answers) == ["new"] + ["taken"] * 9
+
+
+async def test_is_cancelled_follows_the_redis_key(redis: Redis) -> None:
+    watcher = CancelWatcher(redis)
+    assert not await watcher.is_cancelled(JOB)
+    await redis.set(cancelled_key(JOB), b"1")
+    assert await watcher.is_cancelled(JOB)
+    assert not await watcher.is_cancelled(JobId("job-2"))
+
+
+async def test_a_local_cancel_is_remembered(redis: Redis) -> None:
+    watcher = CancelWatcher(redis)
+    watcher.cancel(JOB)
+    assert await watcher.is_cancelled(JOB)
+
+
+async def test_watch_turns_a_cancel_into_job_cancelled(redis: Redis) -> None:
+    watcher = CancelWatcher(redis)
+    entered = asyncio.Event()
+
+    async def work() -> None:
+        async with watcher.watch(JOB):
+            entered.set()
+            await asyncio.sleep(10)
+
+    task = asyncio.create_task(work())
+    await entered.wait()
+    watcher.cancel(JOB)
+    with pytest.raises(JobCancelled):
+        await asyncio.wait_for(task, 1)
+
+
+async def test_a_shutdown_cancel_is_not_mistaken_for_a_job_cancel(redis: Redis) -> None:
+    watcher = CancelWatcher(redis)
+    entered = asyncio.Event()
+
+    async def work() -> None:
+        async with watcher.watch(JOB):
+            entered.set()
+            await asyncio.sleep(10)
+
+    task = asyncio.create_task(work())
+    await entered.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task

@@ -1,0 +1,190 @@
+"""The wire contract of commands and events: round-trips, stable tags, old payloads still decode."""
+
+from __future__ import annotations
+
+import hashlib
+
+import msgspec
+import pytest
+
+from shared.events import (
+    COMMAND_DECODER,
+    ENCODER,
+    EVENT_DECODER,
+    DownloadFile,
+    Event,
+    FileDownloaded,
+    FileFailed,
+    FileProgress,
+    FileStarted,
+    JobFinished,
+    PipelineEvent,
+    WorkCommand,
+)
+from shared.ids import EventId, FileId, JobId, UserId
+
+SHA = hashlib.sha256(b"scene").hexdigest()
+JOB = JobId("0b7c3d2e-0000-4000-8000-000000000001")
+FILE = FileId("0b7c3d2e-0000-4000-8000-000000000002")
+EVENT = EventId("0b7c3d2e-0000-4000-8000-000000000003")
+
+EVENTS: list[Event] = [
+    FileStarted(event_id=EVENT, job_id=JOB, at=1.5, file_id=FILE, attempt=2, worker="h-1"),
+    FileProgress(
+        event_id=EVENT,
+        job_id=JOB,
+        at=2.0,
+        file_id=FILE,
+        bytes_downloaded=10,
+        total_bytes=20,
+        rate_bps=5.5,
+    ),
+    FileDownloaded(
+        event_id=EVENT,
+        job_id=JOB,
+        at=3.0,
+        file_id=FILE,
+        filename="B04.tif",
+        filepath="u/j/B04.tif",
+        size=5,
+        sha256=SHA,
+        content_type="image/tiff",
+    ),
+    FileFailed(
+        event_id=EVENT,
+        job_id=JOB,
+        at=4.0,
+        file_id=FILE,
+        error="HTTP 404",
+        permanent=False,
+        attempts=3,
+    ),
+    JobFinished(event_id=EVENT, job_id=JOB, at=5.0, status="partial", successful=1, failed=1),
+]
+
+COMMANDS = [
+    DownloadFile(
+        job_id=JOB,
+        file_id=FILE,
+        user_id=UserId("u-1"),
+        url="https://example.invalid/B04.tif",
+        filename="B04.tif",
+        sha256=SHA,
+        priority=9,
+    )
+]
+
+# Renaming a class must never change these: they are what stored messages carry.
+TAGS = {
+    FileStarted: "file.started",
+    FileProgress: "file.progress",
+    FileDownloaded: "file.downloaded",
+    FileFailed: "file.failed",
+    JobFinished: "job.finished",
+    DownloadFile: "download.file",
+}
+
+
+def test_every_union_member_has_a_sample() -> None:
+    members = {*PipelineEvent.__args__, WorkCommand}  # type: ignore[attr-defined]
+    assert {type(e) for e in EVENTS} | {type(c) for c in COMMANDS} == members
+    assert set(TAGS) == members
+
+
+@pytest.mark.parametrize("event", EVENTS, ids=lambda e: type(e).__name__)
+def test_events_round_trip(event: Event) -> None:
+    assert EVENT_DECODER.decode(ENCODER.encode(event)) == event
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: type(c).__name__)
+def test_commands_round_trip(command: DownloadFile) -> None:
+    assert COMMAND_DECODER.decode(ENCODER.encode(command)) == command
+
+
+@pytest.mark.parametrize(("cls", "tag"), TAGS.items(), ids=lambda v: getattr(v, "__name__", v))
+def test_tags_are_stable(cls: type[msgspec.Struct], tag: str) -> None:
+    sample = next(m for m in [*EVENTS, *COMMANDS] if type(m) is cls)
+    assert msgspec.json.decode(ENCODER.encode(sample))["type"] == tag
+
+
+def test_an_event_is_not_a_command() -> None:
+    with pytest.raises(msgspec.ValidationError):
+        COMMAND_DECODER.decode(ENCODER.encode(EVENTS[0]))
+    with pytest.raises(msgspec.ValidationError):
+        EVENT_DECODER.decode(ENCODER.encode(COMMANDS[0]))
+
+
+def test_an_unknown_tag_is_refused() -> None:
+    with pytest.raises(msgspec.ValidationError):
+        EVENT_DECODER.decode(b'{"type":"file.exploded","event_id":"e","job_id":"j","at":1}')
+
+
+# Payloads as an older producer wrote them: no optional fields, and one field nobody knows.
+OLD_FILE_DOWNLOADED = (
+    b'{"type":"file.downloaded","event_id":"e-1","job_id":"j-1","at":1700000000.25,'
+    b'"file_id":"f-1","filename":"B04.tif","filepath":"u/j-1/B04.tif","size":5,'
+    b'"sha256":"' + SHA.encode() + b'"}'
+)
+OLD_FILE_STARTED = (
+    b'{"type":"file.started","event_id":"e-2","job_id":"j-1","at":1.0,"file_id":"f-1"}'
+)
+OLD_FILE_FAILED = (
+    b'{"type":"file.failed","event_id":"e-3","job_id":"j-1","at":2.0,"file_id":"f-1",'
+    b'"error":"HTTP 404","legacy_code":17}'
+)
+OLD_DOWNLOAD_FILE = (
+    b'{"type":"download.file","job_id":"j-1","file_id":"f-1","user_id":"u-1",'
+    b'"url":"http://example.invalid/B04.tif"}'
+)
+
+
+def test_an_old_file_downloaded_payload_decodes_with_defaults() -> None:
+    event = EVENT_DECODER.decode(OLD_FILE_DOWNLOADED)
+    assert event == FileDownloaded(
+        event_id=EventId("e-1"),
+        job_id=JobId("j-1"),
+        at=1700000000.25,
+        file_id=FileId("f-1"),
+        filename="B04.tif",
+        filepath="u/j-1/B04.tif",
+        size=5,
+        sha256=SHA,
+        content_type=None,
+    )
+
+
+def test_an_old_file_started_payload_decodes_with_defaults() -> None:
+    event = EVENT_DECODER.decode(OLD_FILE_STARTED)
+    assert isinstance(event, FileStarted)
+    assert (event.attempt, event.worker) == (1, "")
+
+
+def test_unknown_fields_are_tolerated() -> None:
+    event = EVENT_DECODER.decode(OLD_FILE_FAILED)
+    assert isinstance(event, FileFailed)
+    assert (event.error, event.permanent, event.attempts) == ("HTTP 404", True, 1)
+    newer = OLD_DOWNLOAD_FILE[:-1] + b',"mirror_urls":["http://example.invalid/b"]}'
+    assert COMMAND_DECODER.decode(newer) == COMMAND_DECODER.decode(OLD_DOWNLOAD_FILE)
+
+
+def test_an_old_download_command_decodes_with_defaults() -> None:
+    command = COMMAND_DECODER.decode(OLD_DOWNLOAD_FILE)
+    assert command == DownloadFile(
+        job_id=JobId("j-1"),
+        file_id=FileId("f-1"),
+        user_id=UserId("u-1"),
+        url="http://example.invalid/B04.tif",
+    )
+    assert (command.filename, command.sha256, command.priority) == (None, None, 5)
+
+
+@pytest.mark.parametrize("bad", ["ABC", SHA.upper(), SHA[:-1], SHA + "0"])
+def test_a_malformed_sha256_is_refused(bad: str) -> None:
+    payload = OLD_DOWNLOAD_FILE[:-1] + f',"sha256":"{bad}"}}'.encode()
+    with pytest.raises(msgspec.ValidationError, match="sha256"):
+        COMMAND_DECODER.decode(payload)
+
+
+def test_events_are_immutable() -> None:
+    with pytest.raises(AttributeError):
+        EVENTS[0].job_id = JobId("other")  # type: ignore[misc]
