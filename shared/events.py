@@ -146,7 +146,8 @@ class BuildExport(Command, tag="export.build", frozen=True):
     jobs: tuple[dict[str, Any], ...] = ()
 
 
-WorkCommand = DownloadFile
+WorkCommand = DownloadFile | ProcessFile | BuildComposite | BuildExport
+WORK_COMMAND_DECODER = msgspec.json.Decoder(WorkCommand)
 COMMAND_DECODER = msgspec.json.Decoder(DownloadFile)
 PROCESS_DECODER = msgspec.json.Decoder(ProcessFile | BuildComposite)
 EXPORT_DECODER = msgspec.json.Decoder(BuildExport)
@@ -233,6 +234,22 @@ class FileFailed(Event, tag="file.failed", frozen=True):
     error: str
     permanent: bool = True
     attempts: int = 1
+
+
+class FileRetrying(Event, tag="file.retrying", frozen=True):
+    """A try of a file failed and another one is scheduled.
+
+    Attributes:
+        file_id: the file.
+        attempt: the try that failed (1 for the first).
+        error: a message for people.
+        retry_in_s: seconds until the next try is due.
+    """
+
+    file_id: FileId
+    attempt: int
+    error: str
+    retry_in_s: float = 0.0
 
 
 class JobFinished(Event, tag="job.finished", frozen=True):
@@ -365,6 +382,7 @@ PipelineEvent = (
     | FileProgress
     | FileDownloaded
     | FileFailed
+    | FileRetrying
     | JobFinished
     | ArtifactCreated
     | FileProcessed

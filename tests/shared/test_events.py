@@ -11,14 +11,27 @@ from shared.events import (
     COMMAND_DECODER,
     ENCODER,
     EVENT_DECODER,
+    WORK_COMMAND_DECODER,
+    ArtifactCreated,
+    BuildComposite,
+    BuildExport,
+    CompositeFinished,
     DownloadFile,
     Event,
+    ExportEvent,
+    ExportFailed,
+    ExportItem,
+    ExportProgress,
+    ExportReady,
     FileDownloaded,
     FileFailed,
+    FileProcessed,
     FileProgress,
+    FileRetrying,
     FileStarted,
     JobFinished,
     PipelineEvent,
+    ProcessFile,
     WorkCommand,
 )
 from shared.ids import EventId, FileId, JobId, UserId
@@ -28,7 +41,7 @@ JOB = JobId("0b7c3d2e-0000-4000-8000-000000000001")
 FILE = FileId("0b7c3d2e-0000-4000-8000-000000000002")
 EVENT = EventId("0b7c3d2e-0000-4000-8000-000000000003")
 
-EVENTS: list[Event] = [
+EVENTS: list[Event | ExportEvent] = [
     FileStarted(event_id=EVENT, job_id=JOB, at=1.5, file_id=FILE, attempt=2, worker="h-1"),
     FileProgress(
         event_id=EVENT,
@@ -60,6 +73,35 @@ EVENTS: list[Event] = [
         attempts=3,
     ),
     JobFinished(event_id=EVENT, job_id=JOB, at=5.0, status="partial", successful=1, failed=1),
+    FileRetrying(
+        event_id=EVENT, job_id=JOB, at=5.5, file_id=FILE, attempt=1, error="HTTP 503", retry_in_s=5
+    ),
+    ArtifactCreated(
+        event_id=EVENT,
+        job_id=JOB,
+        at=6.0,
+        artifact_id="a-1",
+        kind="thumbnail",
+        file_id=FILE,
+        filepath="u/j/B04.thumb.png",
+        size=100,
+        sha256=SHA,
+        content_type="image/png",
+        metadata={"width": 256},
+    ),
+    FileProcessed(event_id=EVENT, job_id=JOB, at=7.0, file_id=FILE, errors={"cog": "corrupt"}),
+    CompositeFinished(event_id=EVENT, job_id=JOB, at=8.0, composite_id="c-1", error=None),
+    ExportProgress(event_id=EVENT, export_id="x-1", at=9.0, files_done=3, bytes_done=300),
+    ExportReady(
+        event_id=EVENT,
+        export_id="x-1",
+        at=10.0,
+        filepath="u/exports/x-1.zip",
+        size=400,
+        sha256=SHA,
+        file_count=3,
+    ),
+    ExportFailed(event_id=EVENT, export_id="x-1", at=11.0, error="too large"),
 ]
 
 COMMANDS = [
@@ -71,7 +113,41 @@ COMMANDS = [
         filename="B04.tif",
         sha256=SHA,
         priority=9,
-    )
+    ),
+    ProcessFile(
+        job_id=JOB,
+        file_id=FILE,
+        user_id=UserId("u-1"),
+        filepath="u/j/B04.tif",
+        filename="B04.tif",
+        steps=("metadata", "thumbnail"),
+        priority=5,
+    ),
+    BuildComposite(
+        job_id=JOB,
+        composite_id="c-1",
+        user_id=UserId("u-1"),
+        kind="ndvi",
+        bands={"red": "u/j/B04.tif", "nir": "u/j/B08.tif"},
+        bounds=(11.0, 46.0, 11.5, 46.5),
+    ),
+    BuildExport(
+        export_id="x-1",
+        user_id=UserId("u-1"),
+        format="zip",
+        items=(
+            ExportItem(
+                file_id=FILE,
+                job_id=JOB,
+                filepath="u/j/B04.tif",
+                arcname="j/B04.tif",
+                size=5,
+                sha256=SHA,
+                url="https://example.invalid/B04.tif",
+            ),
+        ),
+        jobs=({"job_id": JOB, "status": "completed"},),
+    ),
 ]
 
 # Renaming a class must never change these: they are what stored messages carry.
@@ -81,24 +157,34 @@ TAGS = {
     FileDownloaded: "file.downloaded",
     FileFailed: "file.failed",
     JobFinished: "job.finished",
+    FileRetrying: "file.retrying",
+    ArtifactCreated: "artifact.created",
+    FileProcessed: "file.processed",
+    CompositeFinished: "composite.finished",
+    ExportProgress: "export.progress",
+    ExportReady: "export.ready",
+    ExportFailed: "export.failed",
     DownloadFile: "download.file",
+    ProcessFile: "process.file",
+    BuildComposite: "process.composite",
+    BuildExport: "export.build",
 }
 
 
 def test_every_union_member_has_a_sample() -> None:
-    members = {*PipelineEvent.__args__, WorkCommand}  # type: ignore[attr-defined]
+    members = {*PipelineEvent.__args__, *WorkCommand.__args__}  # type: ignore[attr-defined]
     assert {type(e) for e in EVENTS} | {type(c) for c in COMMANDS} == members
     assert set(TAGS) == members
 
 
 @pytest.mark.parametrize("event", EVENTS, ids=lambda e: type(e).__name__)
-def test_events_round_trip(event: Event) -> None:
+def test_events_round_trip(event: Event | ExportEvent) -> None:
     assert EVENT_DECODER.decode(ENCODER.encode(event)) == event
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: type(c).__name__)
-def test_commands_round_trip(command: DownloadFile) -> None:
-    assert COMMAND_DECODER.decode(ENCODER.encode(command)) == command
+def test_commands_round_trip(command: WorkCommand) -> None:
+    assert WORK_COMMAND_DECODER.decode(ENCODER.encode(command)) == command
 
 
 @pytest.mark.parametrize(("cls", "tag"), TAGS.items(), ids=lambda v: getattr(v, "__name__", v))
