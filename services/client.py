@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from rich import filesize
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 _FINAL = {"completed", "partial", "failed", "cancelled"}
@@ -101,11 +102,11 @@ def _wait(http: httpx.Client, job_id: str) -> int:
         TextColumn("{task.description}"),
         BarColumn(),
         TextColumn("{task.fields[files]}"),
-        DownloadColumn(),
+        TextColumn("{task.fields[size]}"),
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=console) as progress:
-        bar = progress.add_task("downloading", total=None, files="")
+        bar = progress.add_task("downloading", total=None, files="", size="")
         while True:
             status = _call(http, "GET", f"/api/v1/downloads/jobs/{job_id}")
             p = status["progress"]
@@ -115,6 +116,7 @@ def _wait(http: httpx.Client, job_id: str) -> int:
                 total=p["total"],
                 completed=ended,
                 files=f"{ended}/{p['total']} files",
+                size=filesize.decimal(p["bytes_downloaded"]),
                 description=status["status"],
             )
             if status["status"] in _FINAL:
