@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterator
 from pathlib import PurePosixPath
 from urllib.parse import unquote, urlsplit
 
@@ -51,14 +52,19 @@ def choose_name(requested: str | None, disposition: str | None, url: str) -> str
     return FALLBACK_NAME
 
 
-def variants(name: str) -> list[str]:
-    """`name`, then `stem_1.ext`, `stem_2.ext`, ...: candidates when a name is taken."""
+def variants(name: str) -> Iterator[str]:
+    """`name`, then `stem_1.ext`, `stem_2.ext`, ...: candidates when a name is taken.
+
+    Lazy: almost every file takes its first candidate, and each costs an encode and a slice.
+    """
     path = PurePosixPath(name)
     suffix = "".join(path.suffixes[-2:]) if path.suffixes[-1:] == [".gz"] else path.suffix
     if len(suffix.encode()) > 20:
         suffix = ""
     stem = name[: len(name) - len(suffix)] if suffix else name
-    return [name, *(_numbered(stem, i, suffix) for i in range(1, 10_000))]
+    yield name
+    for number in range(1, 10_000):
+        yield _numbered(stem, number, suffix)
 
 
 def _numbered(stem: str, number: int, suffix: str) -> str:

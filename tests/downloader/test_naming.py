@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from itertools import islice
+
 import pytest
 
 from services.downloader.naming import (
@@ -113,14 +116,14 @@ def test_choose_name(
 
 
 def test_variants_number_the_stem_and_keep_the_extension() -> None:
-    assert variants("x.tif")[:3] == ["x.tif", "x_1.tif", "x_2.tif"]
-    assert variants("scene.tar.gz")[:2] == ["scene.tar.gz", "scene_1.tar.gz"]
-    assert variants("README")[:2] == ["README", "README_1"]
+    assert list(islice(variants("x.tif"), 3)) == ["x.tif", "x_1.tif", "x_2.tif"]
+    assert list(islice(variants("scene.tar.gz"), 2)) == ["scene.tar.gz", "scene_1.tar.gz"]
+    assert list(islice(variants("README"), 2)) == ["README", "README_1"]
 
 
 def test_variants_stay_unique_and_within_the_length_limit() -> None:
     long = sanitize("y" * 400 + ".tif")
-    candidates = variants(long)[:200]
+    candidates = list(islice(variants(long), 200))
     assert len(set(candidates)) == len(candidates)
     assert all(len(c.encode()) <= 200 and c.endswith(".tif") for c in candidates)
 
@@ -129,3 +132,10 @@ def test_an_escaped_reserved_name_still_fits_the_length_limit() -> None:
     name = sanitize("NUL." + "x" * 300)
     assert name.startswith("_NUL.")
     assert len(name.encode()) <= 200
+
+
+def test_variants_are_made_one_at_a_time() -> None:
+    # Building all 10,000 up front cost ~10 ms per downloaded file (seen in a profile).
+    candidates = variants("x.tif")
+    assert isinstance(candidates, Iterator)
+    assert next(candidates) == "x.tif"
