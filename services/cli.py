@@ -60,11 +60,14 @@ def _service_main(service: str) -> ServiceMain:
 
 
 def _run_service(args: argparse.Namespace) -> int:
+    # `--concurrency` is each worker's own knob: parallel downloads, or pool processes.
+    concurrency = getattr(args, "concurrency", None)
     settings = _settings(
         args,
         http_port=getattr(args, "port", None),
         http_host=getattr(args, "host", None),
-        download_concurrency=getattr(args, "concurrency", None),
+        download_concurrency=concurrency if args.command == "downloader" else None,
+        process_workers=concurrency if args.command == "processor" else None,
     )
     setup_logging(args.command, settings.log_level)
     asyncio.run(_service_main(args.command)(settings))
@@ -136,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     downloader = commands.add_parser("downloader", help="run a downloader")
     downloader.add_argument("--concurrency", type=int, help="parallel downloads in this process")
     processor = commands.add_parser("processor", help="run a processor")
+    processor.add_argument(
+        "--concurrency", type=int, help="worker processes in this processor's pool (default: cores)"
+    )
     exporter = commands.add_parser("exporter", help="run an exporter")
     for service in (gateway, downloader, processor, exporter):
         _add_common(service)

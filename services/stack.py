@@ -148,10 +148,20 @@ class Child:
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     started_at: float = field(default=0.0)
+    env: dict[str, str] = field(default_factory=dict)  # over the supervisor's own
 
     def start(self) -> None:
-        self.process = subprocess.Popen(self.argv)
+        self.process = subprocess.Popen(self.argv, env={**os.environ, **self.env})
         self.started_at = time.monotonic()
+
+
+def _metrics_env(name: str, settings: Settings) -> dict[str, str]:
+    # One DOWNLINK_METRICS_PORT for the whole stack: each worker takes the next port from it
+    # (downloader, processor, exporter), as three processes cannot listen on one.
+    workers = [service for service in SERVICES if service != "gateway"]
+    if settings.metrics_port is None or name not in workers:
+        return {}
+    return {"DOWNLINK_METRICS_PORT": str(settings.metrics_port + workers.index(name))}
 
 
 def _supervise(children: list[Child], stop: threading.Event) -> None:
@@ -216,7 +226,12 @@ def run_stack(settings: Settings, *, env_file: str | None) -> int:
 
     common = ["--env-file", env_file] if env_file else []
     children = [
-        Child(name, [sys.executable, "-m", "services.cli", name, *common]) for name in SERVICES
+        Child(
+            name,
+            [sys.executable, "-m", "services.cli", name, *common],
+            env=_metrics_env(name, settings),
+        )
+        for name in SERVICES
     ]
     env_port = {"DOWNLINK_HTTP_PORT": str(settings.http_port)}
     os.environ.update(env_port)

@@ -24,8 +24,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from shared import metrics
 from shared.errors import JobCancelled, PermanentError, PoisonMessage, TransientError
 from shared.streams import DEAD_STREAM, DELAYED_KEY
+from shared.telemetry import links_from
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -71,6 +73,8 @@ class Delivery:
 
 Handler = Callable[[Delivery], Awaitable[None]]
 DeadHook = Callable[[Delivery, BaseException], Awaitable[None]]
+# Called once a failed try is scheduled again: the delivery, its error, the delay in seconds.
+RetryHook = Callable[[Delivery, BaseException, float], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +120,7 @@ class StreamConsumer:
     on_dead: DeadHook | None = None
     tracer_provider: trace.TracerProvider | None = None
     stats: ConsumerStats = field(default_factory=ConsumerStats)
+    on_retry: RetryHook | None = None
 
     def __post_init__(self) -> None:
         self._slots = asyncio.Semaphore(self.policy.concurrency)
@@ -250,10 +255,13 @@ class StreamConsumer:
         if not has_slot:
             await self._slots.acquire()
         self.stats.in_flight += 1
+        in_flight = metrics.IN_FLIGHT.labels(self.group)
+        in_flight.inc()
         try:
             await self._handle(stream, entry_id, fields, delivery_count)
         finally:
             self.stats.in_flight -= 1
+            in_flight.dec()
             self._slots.release()
 
     async def _handle(
@@ -266,38 +274,56 @@ class StreamConsumer:
             body, headers = frame, {}
         earlier = _int_header(headers, ATTEMPT_HEADER)
         delivery = Delivery(stream, entry_id, body, headers, attempt=earlier + delivery_count)
+        # The publisher's span is the parent: one trace from the request that caused the work.
         parent = propagate.extract(headers)
         with self._tracer.start_as_current_span(
             f"{stream} process",
             context=parent,
             kind=trace.SpanKind.CONSUMER,
+            links=links_from(headers),
             attributes={
                 "messaging.system": "redis",
                 "messaging.destination.name": stream,
                 "messaging.message.id": entry_id,
                 "messaging.consumer.group.name": self.group,
+                "messaging.consumer.name": self.consumer,
                 "downlink.attempt": delivery.attempt,
             },
         ) as span:
+            began = time.monotonic()
+            # Whatever ends the handler without an outcome below (a shutdown cancelling it)
+            # leaves the entry pending for a reclaim: abandoned, not failed.
+            outcome = "abandoned"
             try:
-                if not frame or not body:
-                    raise PoisonMessage(f"entry {entry_id} of {stream} has no readable body")
-                await self.handler(delivery)
-            except JobCancelled:
-                await self._ack(delivery)
-            except PermanentError as exc:
-                span.record_exception(exc)
-                await self._dead_letter(delivery, exc)
-            except Exception as exc:
-                span.record_exception(exc)
-                if delivery.attempt >= self.policy.max_tries:
+                try:
+                    if not frame or not body:
+                        raise PoisonMessage(f"entry {entry_id} of {stream} has no readable body")
+                    await self.handler(delivery)
+                except JobCancelled:
+                    outcome = "cancelled"
+                    await self._ack(delivery)
+                except PermanentError as exc:
+                    outcome = "dead"
+                    span.record_exception(exc)
+                    span.set_status(trace.StatusCode.ERROR, str(exc))
                     await self._dead_letter(delivery, exc)
+                except Exception as exc:
+                    span.record_exception(exc)
+                    span.set_status(trace.StatusCode.ERROR, str(exc))
+                    if delivery.attempt >= self.policy.max_tries:
+                        outcome = "dead"
+                        await self._dead_letter(delivery, exc)
+                    else:
+                        outcome = "retried"
+                        retry_after = exc.retry_after_s if isinstance(exc, TransientError) else None
+                        await self._retry_later(delivery, frame, retry_after, exc)
                 else:
-                    retry_after = exc.retry_after_s if isinstance(exc, TransientError) else None
-                    await self._retry_later(delivery, frame, retry_after)
-            else:
-                self.stats.processed += 1
-                await self._ack(delivery)
+                    outcome = "completed"
+                    self.stats.processed += 1
+                    await self._ack(delivery)
+            finally:
+                span.set_attribute("downlink.outcome", outcome)
+                metrics.observe_task(self.group, outcome, time.monotonic() - began)
 
     # --- outcomes -----------------------------------------------------------------------------
 
@@ -306,7 +332,11 @@ class StreamConsumer:
         await asyncio.shield(self.redis.xack(delivery.stream, self.group, delivery.entry_id))
 
     async def _retry_later(
-        self, delivery: Delivery, frame: bytes, retry_after_s: float | None
+        self,
+        delivery: Delivery,
+        frame: bytes,
+        retry_after_s: float | None,
+        error: BaseException,
     ) -> None:
         delay_s = self.policy.backoff_s(delivery.attempt, retry_after_s)
         headers = {**delivery.headers, ATTEMPT_HEADER: str(delivery.attempt)}
@@ -330,6 +360,15 @@ class StreamConsumer:
             pipe.xack(delivery.stream, self.group, delivery.entry_id)
             await asyncio.shield(pipe.execute())
         self.stats.retried += 1
+        metrics.RETRIES.labels(self.group, delivery.stream).inc()
+        if self.on_retry is not None:
+            try:
+                await self.on_retry(delivery, error, delay_s)
+            except Exception:
+                # The retry is scheduled already; a hook that fails only loses its report.
+                log.exception(
+                    "retry hook failed for %s entry %s", delivery.stream, delivery.entry_id
+                )
 
     async def _dead_letter(self, delivery: Delivery, error: BaseException) -> None:
         log.warning(
@@ -362,6 +401,7 @@ class StreamConsumer:
             await asyncio.shield(pipe.execute())
         self.stats.failed += 1
         self.stats.dead += 1
+        metrics.DEAD_LETTERED.labels(self.group, delivery.stream).inc()
 
     # --- background loops ---------------------------------------------------------------------
 

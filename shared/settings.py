@@ -31,6 +31,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     retry_backoff_s: float = 5.0
     claim_idle_s: float = 30.0
     max_file_size_bytes: int = 50 * GIB
+    max_export_size_bytes: int = 100 * GIB
     max_redirects: int = 10
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 60.0
@@ -49,6 +50,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     def __post_init__(self) -> None:
         _check_positive(self, "http_port", "download_concurrency", "per_host_concurrency")
         _check_positive(self, "max_tries", "claim_idle_s", "max_file_size_bytes")
+        _check_positive(self, "max_export_size_bytes")
         _check_positive(self, "process_workers", "connect_timeout_s", "read_timeout_s")
         _check_positive(self, "file_deadline_s", "job_timeout_s", "reconcile_interval_s")
         if self.retry_backoff_s < 0:

@@ -42,6 +42,7 @@ EVENTS_STREAM = "downlink:events"
 DEAD_STREAM = "downlink:dead"
 DELAYED_KEY = "downlink:delayed"
 CANCEL_CHANNEL = "downlink:cancel"
+EXPORT_CANCEL_CHANNEL = "downlink:exports:cancel"
 
 DOWNLOADER_GROUP = "downloader"
 PROCESSOR_GROUP = "processor"
@@ -76,6 +77,24 @@ def live_key(file_id: str) -> str:
 def names_key(job_id: JobId) -> str:
     """Hash of filename -> file_id: the names taken inside one job."""
     return f"downlink:names:{job_id}"
+
+
+def export_cancelled_key(export_id: str) -> str:
+    """Set while an export is cancelled, so a queued or reclaimed build of it is skipped."""
+    return f"downlink:export-cancelled:{export_id}"
+
+
+def export_done_key(export_id: str) -> str:
+    """The ExportReady event of a built archive, so a redelivered build is not redone."""
+    return f"downlink:export-done:{export_id}"
+
+
+WORKERS_KEY_PREFIX = "downlink:workers:"
+
+
+def worker_key(consumer: str) -> str:
+    """Hash of a live worker process, kept fresh by its heartbeat; expires when the worker dies."""
+    return f"{WORKERS_KEY_PREFIX}{consumer}"
 
 
 def consumer_name() -> str:

@@ -1,4 +1,4 @@
-"""Downloader wiring: Redis, broker, HTTP session, storage and the lane consumer."""
+"""Downloader wiring: Redis, broker, HTTP session, storage, the lane consumer and its telemetry."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -15,14 +16,17 @@ from services.downloader.fetch import FetchLimits
 from services.downloader.handlers import DownloadDeps, download_file, failure_event
 from services.downloader.limits import AddressGuard, GuardedResolver, HostLimits
 from services.downloader.state import CancelWatcher, RedisCompletions, RedisNames
+from shared import metrics
 from shared.broker import BrokerPublisher, create_broker
 from shared.consumer import ConsumerPolicy, Delivery, StreamConsumer
 from shared.errors import PoisonMessage
-from shared.events import COMMAND_DECODER, DownloadFile
+from shared.events import COMMAND_DECODER, DownloadFile, FileDownloaded, FileRetrying
+from shared.ids import new_event_id
 from shared.redis_client import open_redis
 from shared.storage import open_storage
 from shared.streams import DOWNLOAD_LANES, DOWNLOADER_GROUP, consumer_name
 from shared.telemetry import create_tracer_provider
+from shared.workers import worker_telemetry
 
 if TYPE_CHECKING:
     from shared.settings import Settings
@@ -37,8 +41,35 @@ def decode_command(delivery: Delivery) -> DownloadFile:
         raise PoisonMessage(f"undecodable download command {delivery.entry_id}: {exc}") from None
 
 
+class CountedCompletions(RedisCompletions):
+    """Completions that count the bytes of each file this process stored.
+
+    `put` runs once per file actually downloaded (a skipped redelivery only reads), which makes
+    it the one place where stored bytes are neither missed nor counted twice.
+    """
+
+    async def put(self, event: FileDownloaded) -> None:
+        await super().put(event)
+        metrics.DOWNLOADED_BYTES.inc(event.size)
+
+
+def retrying_event(delivery: Delivery, error: BaseException, delay_s: float) -> FileRetrying:
+    """The FileRetrying event announcing that `delivery`'s try failed and runs again later."""
+    command = decode_command(delivery)
+    return FileRetrying(
+        event_id=new_event_id(),
+        job_id=command.job_id,
+        at=time.time(),
+        file_id=command.file_id,
+        attempt=delivery.attempt,
+        error=str(error) or type(error).__name__,
+        retry_in_s=round(delay_s, 3),
+    )
+
+
 async def serve(settings: Settings) -> None:
     """Run one downloader process until SIGTERM/SIGINT, then drain within the grace period."""
+    # Installed as the process's provider: the handlers' "download" spans record into it.
     tracer_provider = create_tracer_provider("downloader")
     worker = consumer_name()
     retention_s = settings.retention_days * 86_400
@@ -69,7 +100,7 @@ async def serve(settings: Settings) -> None:
             session=session,
             storage=open_storage(settings.storage_url),
             publisher=publisher,
-            completions=RedisCompletions(redis, retention_s),
+            completions=CountedCompletions(redis, retention_s),
             names=RedisNames(redis, retention_s),
             cancellations=cancellations,
             guard=guard,
@@ -91,6 +122,10 @@ async def serve(settings: Settings) -> None:
             await deps.storage.discard_part(command.file_id)
             await publisher.publish(failure_event(command, error, delivery.attempt))
 
+        async def on_retry(delivery: Delivery, error: BaseException, delay_s: float) -> None:
+            # Lets the tracker close this try's row in the execution history.
+            await publisher.publish(retrying_event(delivery, error, delay_s))
+
         consumer = StreamConsumer(
             redis=redis,
             streams=DOWNLOAD_LANES,
@@ -98,6 +133,7 @@ async def serve(settings: Settings) -> None:
             consumer=worker,
             handler=handle,
             on_dead=on_dead,
+            on_retry=on_retry,
             policy=ConsumerPolicy(
                 concurrency=settings.download_concurrency,
                 max_tries=settings.max_tries,
@@ -110,6 +146,7 @@ async def serve(settings: Settings) -> None:
         )
         listener = asyncio.create_task(cancellations.listen())
         stack.callback(listener.cancel)
+        await stack.enter_async_context(worker_telemetry(redis, settings, "downloader", consumer))
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, consumer.stop)

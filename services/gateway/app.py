@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -20,10 +21,13 @@ from litestar.openapi.spec import Components, SecurityScheme
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from services.gateway import resources
+from services.gateway import live, resources
 from services.gateway.auth import BearerTokenMiddleware, provide_user
 from services.gateway.controllers.admin import AdminController
 from services.gateway.controllers.downloads import DownloadsController
+from services.gateway.controllers.exports import ExportsController
+from services.gateway.controllers.metrics import MetricsController
+from services.gateway.controllers.operations import OperationsController
 from services.gateway.controllers.system import SystemController
 from services.gateway.errors import GatewayError
 from services.gateway.reconciler import Reconciler
@@ -36,10 +40,13 @@ from shared.consumer import ensure_groups
 from shared.postgres import open_pool
 from shared.redis_client import open_redis
 from shared.storage import open_storage
-from shared.streams import GROUPS
+from shared.streams import GROUPS, consumer_name
 from shared.telemetry import create_tracer_provider
+from shared.workers import worker_presence
 
 if TYPE_CHECKING:
+    from types import FrameType
+
     from litestar.plugins import PluginProtocol
     from litestar.types import ExceptionHandlersMap
     from opentelemetry.trace import TracerProvider
@@ -70,14 +77,19 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
 
     api = Router(
         path="/api/v1",
-        route_handlers=[DownloadsController, AdminController],
+        route_handlers=[
+            DownloadsController,
+            ExportsController,
+            AdminController,
+            OperationsController,
+        ],
         middleware=[DefineMiddleware(BearerTokenMiddleware)],
         dependencies={"current_user": Provide(provide_user, sync_to_thread=False)},
         security=[{_BEARER: []}],
         signature_namespace={"User": User, "State": State},
     )
     return Litestar(
-        route_handlers=[SystemController, api],
+        route_handlers=[SystemController, MetricsController, api],
         lifespan=[lifespan],
         exception_handlers=_error_map(),
         openapi_config=OpenAPIConfig(
@@ -107,9 +119,14 @@ async def serve(settings: Settings) -> None:
     try:
         app = create_app(settings, tracer_provider=tracer_provider)
         config = uvicorn.Config(
-            app, host=settings.http_host, port=settings.http_port, log_config=None
+            app,
+            host=settings.http_host,
+            port=settings.http_port,
+            log_config=None,
+            # Long responses (a large file, an event stream) get the grace period, then end.
+            timeout_graceful_shutdown=max(1, math.ceil(settings.shutdown_grace_s)),
         )
-        server = uvicorn.Server(config)
+        server = _Server(config, draining=live.draining(app.state))
         log.info("gateway listening on http://%s:%d", settings.http_host, settings.http_port)
         serving = asyncio.ensure_future(server.serve())
         try:
@@ -118,10 +135,23 @@ async def serve(settings: Settings) -> None:
             # Cancelled by a supervisor: shut down as on SIGTERM, so the lifespan closes the
             # pool, the broker and the background loops instead of leaking them.
             server.should_exit = True
+            live.draining(app.state).set()
             await serving
             raise
     finally:
         tracer_provider.shutdown()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, telling open event streams to end the moment a shutdown begins."""
+
+    def __init__(self, config: uvicorn.Config, *, draining: asyncio.Event) -> None:
+        super().__init__(config)
+        self._draining = draining
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._draining.set()
+        super().handle_exit(sig, frame)
 
 
 # --- lifespan -------------------------------------------------------------------------------
@@ -165,6 +195,11 @@ async def _open_resources(
             pool, redis, settings, on_outbox_written=relay.wake, tracer_provider=tracer_provider
         )
         reconciler = Reconciler(pool, redis, settings, on_outbox_written=relay.wake)
+        # The gateway is a worker too (its tracker consumes downlink:events): it shows up in
+        # GET /api/v1/workers with the tracker's counters.
+        await stack.enter_async_context(
+            worker_presence(redis, "gateway", consumer_name(), tracker.consumer.stats)
+        )
         await _warn_if_database_down(pool)
         yield _Opened(
             resources.Resources(

@@ -16,10 +16,16 @@ import msgspec
 
 from services.gateway.errors import CannotRedrive, FileNotFound, JobAlreadyEnded, JobNotFound
 from services.gateway.schemas import (
+    ArtifactFile,
+    CompositeResult,
+    ExportStatus,
+    FileArtifacts,
     FileResult,
+    JobExportRef,
     JobListResponse,
     JobResultResponse,
     JobStatusResponse,
+    ProcessingProgress,
     Progress,
     ResultSummary,
 )
@@ -163,7 +169,18 @@ _JOB_PROGRESS = """
     count(*) FILTER (WHERE f.status IN ('completed', 'failed', 'cancelled')) AS done,
     coalesce(sum(f.bytes_downloaded), 0)::bigint AS bytes_downloaded,
     (array_agg(coalesce(f.filename, f.requested_name, f.url) ORDER BY f.position)
-        FILTER (WHERE f.status = 'downloading'))[1] AS current_file
+        FILTER (WHERE f.status = 'downloading'))[1] AS current_file,
+    jsonb_array_length(coalesce(j.options -> 'process', '[]')) > 0 AS wants_processing,
+    count(*) FILTER (WHERE f.processing_status IS NOT NULL) AS processing_total,
+    count(*) FILTER (WHERE f.processing_status = 'completed') AS processing_completed,
+    count(*) FILTER (WHERE f.processing_status = 'failed') AS processing_failed,
+    count(*) FILTER (WHERE f.processing_status IN ('completed', 'failed')
+        OR f.status IN ('failed', 'cancelled')) AS processing_done,
+    jsonb_array_length(coalesce(j.options -> 'composites', '[]')) AS composites_total,
+    (SELECT count(*) FROM composites c WHERE c.job_id = j.id AND c.status = 'completed')
+        AS composites_completed,
+    (SELECT count(*) FROM composites c WHERE c.job_id = j.id AND c.status = 'failed')
+        AS composites_failed
 """
 
 _JOB_COLUMNS = (
@@ -334,6 +351,13 @@ class JobRepository:
                 " FROM files WHERE job_id = $1 ORDER BY position",
                 job_id,
             )
+            # The job's automatic export (its latest, should a re-driven job have ended twice).
+            export = await connection.fetchrow(
+                "SELECT id, status FROM exports WHERE job_id = $1 ORDER BY created_at DESC LIMIT 1",
+                job_id,
+            )
+            artifacts = await file_artifacts(connection, job_id)
+            composites = await job_composites(connection, job_id)
         results = [
             FileResult(
                 file_id=str(row["id"]),
@@ -345,6 +369,7 @@ class JobRepository:
                 hash=row["sha256"],
                 downloaded_at=row["downloaded_at"],
                 error=row["error"],
+                artifacts=artifacts.get(str(row["id"])),
             )
             for row in rows
         ]
@@ -359,6 +384,8 @@ class JobRepository:
                 failed=sum(1 for r in results if r.status is FileStatus.FAILED),
                 total_size=sum(r.size or 0 for r in stored),
             ),
+            export=_export_ref(export),
+            composites=composites,
         )
 
     async def cancel(
@@ -418,7 +445,8 @@ class JobRepository:
             user_id,
         )
         if row is None:
-            raise FileNotFound(file_id)
+            # Artifacts of the processor download by their id through the same route.
+            return await stored_artifact(self._pool, user_id, file_id)
         if row["status"] != FileStatus.COMPLETED or not row["filepath"]:
             raise FileNotFound(file_id, f"is not downloaded (status {row['status']})")
         return StoredFile(
@@ -438,6 +466,7 @@ def _lane_priorities(priority: int) -> list[int]:
 
 def _job_status(row: asyncpg.Record) -> JobStatusResponse:
     total = row["total_files"]
+    processing = _processing_progress(row)
     return JobStatusResponse(
         job_id=str(row["id"]),
         status=JobStatus(row["status"]),
@@ -449,11 +478,24 @@ def _job_status(row: asyncpg.Record) -> JobStatusResponse:
             total=total,
             completed=row["completed"],
             failed=row["failed"],
-            percentage=round(100 * row["done"] / total, 1) if total else 100.0,
+            percentage=_percentage(row, total, processing),
             current_file=row["current_file"],
             bytes_downloaded=row["bytes_downloaded"],
+            processing=processing,
         ),
         error=row["error"],
+    )
+
+
+def _export_ref(row: asyncpg.Record | None) -> JobExportRef | None:
+    if row is None:
+        return None
+    export_id = str(row["id"])
+    ready = row["status"] == "ready"
+    return JobExportRef(
+        export_id=export_id,
+        status=ExportStatus(row["status"]),
+        download_url=f"/api/v1/downloads/exports/{export_id}/download" if ready else None,
     )
 
 
@@ -833,3 +875,146 @@ async def reopen_for_redrive(
             status in FINAL_JOB_STATUSES,
         )
         await add_to_outbox(connection, stream, body, headers=headers, file_id=command.file_id)
+
+
+# --- processing: progress, artifacts and composites as the API shows them --------------------
+
+_ARTIFACT_COLUMNS = "id, kind, filepath, size, sha256, content_type, metadata"
+
+
+def _processing_progress(row: asyncpg.Record) -> ProcessingProgress | None:
+    if not row["wants_processing"] and not row["composites_total"]:
+        return None
+    return ProcessingProgress(
+        files_total=row["processing_total"],
+        files_completed=row["processing_completed"],
+        files_failed=row["processing_failed"],
+        composites_total=row["composites_total"],
+        composites_completed=row["composites_completed"],
+        composites_failed=row["composites_failed"],
+    )
+
+
+def _percentage(row: asyncpg.Record, total: int, processing: ProcessingProgress | None) -> float:
+    """Every file's download, its processing when asked, and each composite count as a unit."""
+    units, done = total, row["done"]
+    if processing is not None:
+        if row["wants_processing"]:
+            units += total
+            done += row["processing_done"]
+        units += processing.composites_total
+        done += processing.composites_completed + processing.composites_failed
+    return round(100 * done / units, 1) if units else 100.0
+
+
+def _artifact_file(row: asyncpg.Record) -> ArtifactFile:
+    artifact_id = str(row["id"])
+    return ArtifactFile(
+        file_id=artifact_id,
+        kind=row["kind"],
+        filepath=row["filepath"],
+        size=row["size"],
+        hash=row["sha256"],
+        content_type=row["content_type"],
+        download_url=f"/api/v1/downloads/files/{artifact_id}",
+        metadata=row["metadata"],
+    )
+
+
+async def file_artifacts(connection: asyncpg.Connection, job_id: JobId) -> dict[str, FileArtifacts]:
+    """file id -> what processing made of it, for the files whose processing was queued."""
+    files = await connection.fetch(
+        "SELECT id, processing_status, processing_error, processing_errors FROM files"
+        " WHERE job_id = $1 AND processing_status IS NOT NULL",
+        job_id,
+    )
+    if not files:
+        return {}
+    made: dict[str, dict[str, asyncpg.Record]] = {}
+    for row in await connection.fetch(
+        f"SELECT file_id, {_ARTIFACT_COLUMNS} FROM artifacts"
+        " WHERE job_id = $1 AND file_id IS NOT NULL",
+        job_id,
+    ):
+        made.setdefault(str(row["file_id"]), {})[row["kind"]] = row
+    views: dict[str, FileArtifacts] = {}
+    for file in files:
+        kinds = made.get(str(file["id"]), {})
+        metadata = kinds.get("metadata")
+        views[str(file["id"])] = FileArtifacts(
+            status=file["processing_status"],
+            error=file["processing_error"],
+            errors=file["processing_errors"] or {},
+            metadata=metadata["metadata"] if metadata is not None else None,
+            thumbnail=_artifact_file(kinds["thumbnail"]) if "thumbnail" in kinds else None,
+            cog=_artifact_file(kinds["cog"]) if "cog" in kinds else None,
+        )
+    return views
+
+
+async def job_composites(connection: asyncpg.Connection, job_id: JobId) -> list[CompositeResult]:
+    """The job's composites in the order asked; those not written yet show as pending."""
+    options = await connection.fetchval("SELECT options FROM jobs WHERE id = $1", job_id) or {}
+    asked = options.get("composites") or []
+    if not asked:
+        return []
+    rows = {
+        row["position"]: row
+        for row in await connection.fetch(
+            "SELECT id, position, status, error FROM composites WHERE job_id = $1", job_id
+        )
+    }
+    made: dict[str, list[ArtifactFile]] = {}
+    for row in await connection.fetch(
+        f"SELECT composite_id, {_ARTIFACT_COLUMNS} FROM artifacts"
+        " WHERE job_id = $1 AND composite_id IS NOT NULL ORDER BY kind",
+        job_id,
+    ):
+        made.setdefault(str(row["composite_id"]), []).append(_artifact_file(row))
+    results = []
+    for position, composite in enumerate(asked):
+        row = rows.get(position)
+        the_id = str(row["id"]) if row is not None else composite_key(job_id, position)
+        results.append(
+            CompositeResult(
+                composite_id=the_id,
+                kind=composite["kind"],
+                bands=composite["bands"],
+                bounds=composite.get("bounds"),
+                status=row["status"] if row is not None else "pending",
+                error=row["error"] if row is not None else None,
+                artifacts=made.get(the_id, []),
+            )
+        )
+    return results
+
+
+def composite_key(job_id: JobId, position: int) -> str:
+    """The id of the `position`-th composite a job asked for (derived, so written once)."""
+    return str(uuid.uuid5(_COMPOSITE_NAMESPACE, f"{job_id}/{position}"))
+
+
+_COMPOSITE_NAMESPACE = uuid.UUID("0b7f3c1e-6f1d-4d0e-8a53-7f6c1b2d9e41")
+
+
+async def stored_artifact(pool: asyncpg.Pool, user_id: UserId, artifact_id: str) -> StoredFile:
+    """An artifact with bytes, as a StoredFile, if it belongs to one of the user's jobs."""
+    row = await pool.fetchrow(
+        "SELECT a.filepath, a.content_type, a.size, a.sha256"
+        " FROM artifacts a JOIN jobs j ON j.id = a.job_id"
+        " WHERE a.id = $1 AND j.user_id = $2",
+        artifact_id,
+        user_id,
+    )
+    if row is None:
+        raise FileNotFound(artifact_id)
+    if not row["filepath"]:
+        raise FileNotFound(artifact_id, "has no bytes (it is data in the job result)")
+    return StoredFile(
+        file_id=FileId(artifact_id),
+        filepath=row["filepath"],
+        filename=row["filepath"].rsplit("/", 1)[-1],
+        content_type=row["content_type"],
+        size=row["size"],
+        sha256=row["sha256"],
+    )

@@ -5,9 +5,13 @@ Inputs forbid unknown fields, so a typo in a field name is an error, not a silen
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from datetime import datetime
+from enum import StrEnum
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
+from uuid import UUID
 
 import msgspec
 
@@ -49,10 +53,18 @@ class FileRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_on
 
 
 class CompositeRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
-    """A band composite to build once all the named files are in (stored, not acted on yet)."""
+    """A band composite built once every named file is downloaded (the tracker decides).
+
+    `bands` maps each role of the kind (ndvi: red, nir; rgb: red, green, blue) to a file of the
+    job, named by its `filename` in `files` or the last segment of its URL.
+    """
 
     kind: Literal["ndvi", "rgb"]
     bands: dict[str, Filename]
+    bounds: Annotated[
+        tuple[float, float, float, float] | None,
+        msgspec.Meta(description="WGS84 (west, south, east, north) to crop to"),
+    ] = None
 
 
 class ExportRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -90,6 +102,11 @@ class SubmitRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_
         for index, file in enumerate(self.files):
             if problem := url_problem(file.url):
                 raise ValueError(f"files[{index}].url: {problem}")
+        if self.composites:
+            requested = self.requested_files()
+            for index, composite in enumerate(self.composites):
+                if problem := composite_problem(composite, requested):
+                    raise ValueError(f"composites[{index}].{problem}")
 
     def requested_files(self) -> list[FileRequest]:
         """Every file of the job in submission order: `urls` first, then `files`."""
@@ -151,8 +168,9 @@ class SubmitResponse(msgspec.Struct, frozen=True, kw_only=True):
 # --- status, results, listing ---------------------------------------------------------------
 
 
-class Progress(msgspec.Struct, frozen=True, kw_only=True):
-    """File counts of one job; `percentage` counts every file in a final state."""
+class Progress(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """File counts of one job; `percentage` counts every file in a final state, and each file's
+    processing and each composite when the job asked for them (`processing`, else omitted)."""
 
     total: int
     completed: int
@@ -160,6 +178,7 @@ class Progress(msgspec.Struct, frozen=True, kw_only=True):
     percentage: float
     current_file: str | None
     bytes_downloaded: int
+    processing: ProcessingProgress | None = None
 
 
 class JobStatusResponse(msgspec.Struct, frozen=True, kw_only=True):
@@ -185,6 +204,7 @@ class FileResult(msgspec.Struct, frozen=True, kw_only=True):
     hash: str | None
     downloaded_at: datetime | None
     error: str | None = None
+    artifacts: FileArtifacts | None = None
 
 
 class ResultSummary(msgspec.Struct, frozen=True, kw_only=True):
@@ -199,6 +219,8 @@ class JobResultResponse(msgspec.Struct, frozen=True, kw_only=True):
     status: JobStatus
     results: list[FileResult]
     summary: ResultSummary
+    export: JobExportRef | None = None
+    composites: list[CompositeResult] = []
 
 
 class JobListResponse(msgspec.Struct, frozen=True, kw_only=True):
@@ -284,3 +306,201 @@ class ErrorBody(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     status_code: int
     detail: str
     extra: list[dict[str, Any]] | dict[str, Any] | None = None
+
+
+# --- exports --------------------------------------------------------------------------------
+
+MAX_EXPORT_SELECTION = 100_000
+
+
+class ExportStatus(StrEnum):
+    """Where an export stands; the last three are final."""
+
+    PENDING = "pending"  # its BuildExport command is queued
+    BUILDING = "building"  # an exporter is writing the archive
+    READY = "ready"  # the archive is in storage and can be downloaded (final)
+    FAILED = "failed"  # the archive could not be built; `error` says why (final)
+    CANCELLED = "cancelled"  # stopped by its owner; stays so whatever arrives later (final)
+
+
+FilePath = Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
+
+
+class ExportCreateRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """POST /api/v1/downloads/export: any mix of jobs, file ids and file paths of the caller."""
+
+    job_ids: Annotated[list[UUID], msgspec.Meta(max_length=MAX_FILES_PER_JOB)] = []
+    file_ids: Annotated[list[UUID], msgspec.Meta(max_length=MAX_EXPORT_SELECTION)] = []
+    file_paths: Annotated[
+        list[FilePath],
+        msgspec.Meta(
+            max_length=MAX_EXPORT_SELECTION,
+            description="`filepath`s as the API returned them (relative to your storage area)",
+        ),
+    ] = []
+    export_format: Literal["zip", "tar.gz"] = "zip"
+    include_metadata: Annotated[
+        bool,
+        msgspec.Meta(description="add manifest.json, SHA256SUMS and a STAC ItemCollection"),
+    ] = True
+
+    def __post_init__(self) -> None:
+        if not (self.job_ids or self.file_ids or self.file_paths):
+            raise ValueError("job_ids, file_ids, file_paths: name at least one thing to export")
+
+
+class ExportCreateResponse(msgspec.Struct, frozen=True, kw_only=True):
+    """202 answer to an export request."""
+
+    export_id: str
+    status: ExportStatus
+    file_count: int
+    total_bytes: int
+
+
+class ExportProgressView(msgspec.Struct, frozen=True, kw_only=True):
+    """How far the archive is: items written and their source bytes."""
+
+    files_done: int
+    bytes_done: int
+    percentage: float
+
+
+class ExportStatusResponse(msgspec.Struct, frozen=True, kw_only=True):
+    """One export; `size` and `hash` (hex SHA-256) are the archive's once it is ready."""
+
+    export_id: str
+    status: ExportStatus
+    format: Literal["zip", "tar.gz"]
+    include_metadata: bool
+    file_count: int
+    total_bytes: Annotated[int, msgspec.Meta(description="the items' bytes before compression")]
+    progress: ExportProgressView
+    size: int | None = None
+    hash: str | None = None
+    download_url: str | None = None
+    error: str | None = None
+    job_id: Annotated[
+        str | None, msgspec.Meta(description="the job whose automatic export this is")
+    ] = None
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None = None
+
+
+class ExportCancelResponse(msgspec.Struct, frozen=True, kw_only=True):
+    export_id: str
+    status: ExportStatus
+
+
+class JobExportRef(msgspec.Struct, frozen=True, kw_only=True):
+    """The automatic export of a job (submit's `export` option)."""
+
+    export_id: str
+    status: ExportStatus
+    download_url: str | None = None
+
+
+# --- processing -----------------------------------------------------------------------------
+
+COMPOSITE_ROLES: dict[str, tuple[str, ...]] = {
+    "ndvi": ("red", "nir"),
+    "rgb": ("red", "green", "blue"),
+}
+
+
+def url_filename(url: str) -> str:
+    """The last path segment of `url`, percent-decoded ("" when the path has none)."""
+    path = urlsplit(url).path.rstrip("/")
+    return unquote(path.rsplit("/", 1)[-1]) if path else ""
+
+
+def match_band(name: str, files: Sequence[tuple[str, str | None]]) -> int | None:
+    """The index of the (url, filename) file a composite band `name` means, or None.
+
+    A `filename` given in the request wins over a URL's last segment; the first file wins.
+    """
+    for index, (_url, filename) in enumerate(files):
+        if filename == name:
+            return index
+    for index, (url, filename) in enumerate(files):
+        if filename is None and url_filename(url) == name:
+            return index
+    return None
+
+
+def composite_problem(composite: CompositeRequest, files: Sequence[FileRequest]) -> str | None:
+    """What is wrong with `composite` (field name first), or None."""
+    roles = COMPOSITE_ROLES[composite.kind]
+    missing = [role for role in roles if role not in composite.bands]
+    if missing:
+        return f"bands: {composite.kind} needs {', '.join(roles)}; missing {', '.join(missing)}"
+    unknown = sorted(set(composite.bands) - set(roles))
+    if unknown:
+        return f"bands: {', '.join(unknown)} is not a band of {composite.kind} ({', '.join(roles)})"
+    named = [(file.url, file.filename) for file in files]
+    for role in roles:
+        if match_band(composite.bands[role], named) is None:
+            return (
+                f"bands.{role}: {composite.bands[role]!r} is no file of the job (name it by its"
+                " `filename` in `files` or by the last segment of its URL)"
+            )
+    if composite.bounds is not None:
+        west, south, east, north = composite.bounds
+        if not all(math.isfinite(value) for value in composite.bounds):
+            return "bounds: every value must be a finite number"
+        if not (-180 <= west < east <= 180):
+            return "bounds: needs -180 <= west < east <= 180 (WGS84 longitude)"
+        if not (-90 <= south < north <= 90):
+            return "bounds: needs -90 <= south < north <= 90 (WGS84 latitude)"
+    return None
+
+
+class ProcessingProgress(msgspec.Struct, frozen=True, kw_only=True):
+    """Processing of a job that asked for it: per-file steps and job-level composites.
+
+    `files_total` counts the files whose processing was queued (once their download ended).
+    """
+
+    files_total: int
+    files_completed: int
+    files_failed: int
+    composites_total: int
+    composites_completed: int
+    composites_failed: int
+
+
+class ArtifactFile(msgspec.Struct, frozen=True, kw_only=True):
+    """An output stored by the processor; its bytes download at `download_url`."""
+
+    file_id: Annotated[str, msgspec.Meta(description="the artifact's id, for /files/{file_id}")]
+    kind: str
+    filepath: str
+    size: int
+    hash: str | None
+    content_type: str | None
+    download_url: str
+    metadata: dict[str, Any] | None = None
+
+
+class FileArtifacts(msgspec.Struct, frozen=True, kw_only=True):
+    """What processing made of one file; `errors` names each failed step."""
+
+    status: Literal["pending", "completed", "failed"]
+    error: str | None = None
+    errors: dict[str, str] = {}
+    metadata: dict[str, Any] | None = None
+    thumbnail: ArtifactFile | None = None
+    cog: ArtifactFile | None = None
+
+
+class CompositeResult(msgspec.Struct, frozen=True, kw_only=True):
+    """One job-level composite and, once completed, its files."""
+
+    composite_id: str
+    kind: str
+    bands: dict[str, str]
+    bounds: list[float] | None = None
+    status: Literal["pending", "running", "completed", "failed"]
+    error: str | None = None
+    artifacts: list[ArtifactFile] = []

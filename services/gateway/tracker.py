@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import asyncpg
 import msgspec
 
-from services.gateway import repository
+from services.gateway import exports, history, processing, repository
 from services.gateway.relay import trace_headers
 from services.gateway.repository import DATABASE_DOWN
 from services.gateway.statuses import FINAL_JOB_STATUSES, JobStatus
@@ -25,8 +25,12 @@ from shared.errors import PoisonMessage
 from shared.events import (
     ENCODER,
     EVENT_DECODER,
+    ArtifactCreated,
+    CompositeFinished,
+    ExportEvent,
     FileDownloaded,
     FileFailed,
+    FileProcessed,
     FileProgress,
     FileStarted,
     JobFinished,
@@ -47,11 +51,26 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TRACKER_CONCURRENCY = 8
+# Events whose projection may queue outgoing rows: a job's end, processing commands.
+_MAY_WRITE_OUTBOX = (
+    FileDownloaded,
+    FileFailed,
+    ArtifactCreated,
+    FileProcessed,
+    CompositeFinished,
+)
 _MAX_DB_WAIT_S = 10.0
 
 
 async def project(connection: asyncpg.Connection, event: PipelineEvent) -> None:
     """Apply one event to PostgreSQL; a replayed or out-of-order event changes nothing."""
+    await history.record(connection, event)  # first: a job's log is whole before it can end
+    if isinstance(event, ExportEvent):  # an export has an export_id, not a job_id
+        await exports.project_export_event(connection, event)
+        return
+    if isinstance(event, ArtifactCreated | FileProcessed | CompositeFinished):
+        await processing.project(connection, event, settle=settle_job)
+        return
     if not isinstance(event, FileStarted | FileProgress | FileDownloaded | FileFailed):
         return  # JobFinished is the tracker's own output; the rest are not projected yet
     if isinstance(event, FileProgress):
@@ -73,6 +92,8 @@ async def project(connection: asyncpg.Connection, event: PipelineEvent) -> None:
             return
         if isinstance(event, FileDownloaded):
             changed = await repository.file_downloaded(connection, event)
+            if changed:  # queues its processing and the composites now complete
+                await processing.after_download(connection, event)
         else:
             changed = await repository.file_failed(connection, event)
         if changed:
@@ -89,6 +110,9 @@ async def settle_job(connection: asyncpg.Connection, job_id: JobId, status: JobS
         return  # cancelled stays cancelled
     counts = await repository.file_counts(connection, job_id)
     if counts.open:
+        await repository.mark_job_in_progress(connection, job_id)
+        return
+    if await processing.open_work(connection, job_id):  # a job ends after its processing
         await repository.mark_job_in_progress(connection, job_id)
         return
     if counts.completed == counts.total:
@@ -109,6 +133,7 @@ async def settle_job(connection: asyncpg.Connection, job_id: JobId, status: JobS
     await repository.add_to_outbox(
         connection, EVENTS_STREAM, ENCODER.encode(finished), headers=trace_headers()
     )
+    await exports.export_finished_job(connection, job_id, final)  # when the job asked for one
     log.info("job %s finished: %s (%d of %d stored)", job_id, final, counts.completed, counts.total)
 
 
@@ -170,8 +195,9 @@ class Tracker:
         except msgspec.DecodeError as exc:
             raise PoisonMessage(f"undecodable event {delivery.entry_id}: {exc}") from exc
         await self._project_until_done(event)
-        if isinstance(event, FileDownloaded | FileFailed) and self._on_outbox_written:
-            # The job may have finished: its JobFinished row should leave now, not at the poll.
+        if isinstance(event, _MAY_WRITE_OUTBOX) and self._on_outbox_written:
+            # The job may have finished (its JobFinished row should leave now, not at the poll),
+            # or a download queued its processing.
             self._on_outbox_written()
 
     async def _project_until_done(self, event: PipelineEvent) -> None:

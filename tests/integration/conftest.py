@@ -34,6 +34,8 @@ class Pipeline:
     launcher: ServiceLauncher
     gateway: ServiceProcess | None = None
     downloaders: list[ServiceProcess] = field(default_factory=list)
+    exporters: list[ServiceProcess] = field(default_factory=list)
+    processors: list[ServiceProcess] = field(default_factory=list)
     clients: list[httpx.Client] = field(default_factory=list)
 
     def start_gateway(self, **env: str) -> ServiceProcess:
@@ -46,6 +48,19 @@ class Pipeline:
         process = self.launcher.start("downloader", env={**self.env, **env})
         process.wait_for_log(r"downloader \S+ reading", timeout=20)
         self.downloaders.append(process)
+        return process
+
+    def start_processor(self, *args: str, **env: str) -> ServiceProcess:
+        """A processor (`args` such as "--concurrency", "2"), once its pool is up and reading."""
+        process = self.launcher.start("processor", *args, env={**self.env, **env})
+        process.wait_for_log(r"processor \S+ reading", timeout=60)
+        self.processors.append(process)
+        return process
+
+    def start_exporter(self, **env: str) -> ServiceProcess:
+        process = self.launcher.start("exporter", env={**self.env, **env})
+        process.wait_for_log(r"exporter \S+ reading", timeout=20)
+        self.exporters.append(process)
         return process
 
     def token(self, name: str, *, admin: bool = False) -> str:

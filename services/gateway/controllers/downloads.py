@@ -7,7 +7,9 @@ from typing import Annotated
 from urllib.parse import quote
 from uuid import UUID
 
+from asyncpg import Pool
 from litestar import Controller, get, post
+from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.params import (
     FromPath,
@@ -16,15 +18,18 @@ from litestar.params import (
     QueryParameter,
     SkipValidation,
 )
-from litestar.response import Stream
+from litestar.response import ServerSentEvent, Stream
 from redis.asyncio import Redis
 
+from services.gateway import history
 from services.gateway.cancellation import announce_cancel
-from services.gateway.errors import FileNotFound, InvalidRequest
+from services.gateway.errors import FileNotFound, InvalidRequest, JobNotFound
+from services.gateway.live import draining, job_event_stream, parse_last_event_id
 from services.gateway.ranges import parse_range
 from services.gateway.relay import OutboxRelay, trace_headers
 from services.gateway.repository import JobRepository, NewFile, NewJob, User
 from services.gateway.resources import (
+    provide_pool,
     provide_redis,
     provide_relay,
     provide_repository,
@@ -59,6 +64,7 @@ class DownloadsController(Controller):
         "redis": Provide(provide_redis, sync_to_thread=False),
         "storage": Provide(provide_storage, sync_to_thread=False),
         "settings": Provide(provide_settings, sync_to_thread=False),
+        "pool": Provide(provide_pool, sync_to_thread=False),
     }
     signature_namespace = {  # noqa: RUF012 - names Litestar resolves in the signatures
         "JobRepository": JobRepository,
@@ -66,6 +72,7 @@ class DownloadsController(Controller):
         "Redis": Redis,
         "Settings": Settings,
         "Storage": Storage,
+        "Pool": Pool,
         "User": User,
     }
 
@@ -190,6 +197,50 @@ class DownloadsController(Controller):
         relay.wake()
         await announce_cancel(redis, job, ttl_s=settings.retention_days * _SECONDS_PER_DAY)
         return CancelResponse(job_id=job, status=JobStatus.CANCELLED)
+
+    @get("/jobs/{job_id:uuid}/events")
+    async def job_events(
+        self,
+        *,
+        job_id: FromPath[UUID],
+        current_user: NamedDependency[User],
+        pool: NamedDependency[Pool],
+        state: State,
+        last_event_id: Annotated[
+            str | None,
+            HeaderParameter(
+                name="Last-Event-ID",
+                description="resume after this event id (EventSource sends it on reconnect)",
+            ),
+        ] = None,
+        after: Annotated[
+            int | None,
+            QueryParameter(
+                ge=0,
+                description="resume after this event id (for clients without "
+                "headers); Last-Event-ID wins",
+            ),
+        ] = None,
+    ) -> ServerSentEvent:
+        """The job's events as Server-Sent Events, in order, until the job ends.
+
+        Each event's `id` is its place in the job's log and `event` its type (file.started,
+        file.progress, file.downloaded, file.failed, file.retrying, job.finished, ...); `data`
+        is the event as JSON. Progress is kept per file, so a resumed stream carries each
+        file's latest progress rather than every tick it missed.
+        """
+        job = JobId(str(job_id))
+        if not await history.job_owned_by(pool, job, current_user):
+            raise JobNotFound(job)
+        resume = parse_last_event_id(last_event_id)
+        return ServerSentEvent(
+            job_event_stream(
+                pool,
+                job,
+                after_id=resume if resume is not None else after or 0,
+                stopping=draining(state),
+            )
+        )
 
     @get("/files/{file_id:uuid}")
     async def download_file(
