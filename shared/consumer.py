@@ -32,6 +32,8 @@ from shared.telemetry import links_from
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
+    from shared.settings import Settings
+
 log = logging.getLogger(__name__)
 
 ATTEMPT_HEADER = "downlink-attempt"
@@ -87,6 +89,18 @@ class ConsumerPolicy:
     claim_idle_s: float = 30.0
     lease_renew_s: float = 5.0
     shutdown_grace_s: float = 30.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, concurrency: int) -> ConsumerPolicy:
+        """The policy every service derives from DOWNLINK_* settings."""
+        return cls(
+            concurrency=concurrency,
+            max_tries=settings.max_tries,
+            retry_backoff_s=settings.retry_backoff_s,
+            claim_idle_s=settings.claim_idle_s,
+            lease_renew_s=settings.lease_renew_s,
+            shutdown_grace_s=settings.shutdown_grace_s,
+        )
 
     def backoff_s(self, attempt: int, retry_after_s: float | None = None) -> float:
         """Delay before try `attempt + 1`: doubling from the base, with jitter."""

@@ -134,13 +134,8 @@ async def serve(settings: Settings) -> None:
             handler=handle,
             on_dead=on_dead,
             on_retry=on_retry,
-            policy=ConsumerPolicy(
-                concurrency=settings.download_concurrency,
-                max_tries=settings.max_tries,
-                retry_backoff_s=settings.retry_backoff_s,
-                claim_idle_s=settings.claim_idle_s,
-                lease_renew_s=settings.lease_renew_s,
-                shutdown_grace_s=settings.shutdown_grace_s,
+            policy=ConsumerPolicy.from_settings(
+                settings, concurrency=settings.download_concurrency
             ),
             tracer_provider=tracer_provider,
         )

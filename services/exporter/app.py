@@ -87,14 +87,7 @@ async def serve(settings: Settings) -> None:
             consumer=worker,
             handler=handle,
             on_dead=on_dead,
-            policy=ConsumerPolicy(
-                concurrency=EXPORT_CONCURRENCY,
-                max_tries=settings.max_tries,
-                retry_backoff_s=settings.retry_backoff_s,
-                claim_idle_s=settings.claim_idle_s,
-                lease_renew_s=settings.lease_renew_s,
-                shutdown_grace_s=settings.shutdown_grace_s,
-            ),
+            policy=ConsumerPolicy.from_settings(settings, concurrency=EXPORT_CONCURRENCY),
             tracer_provider=tracer_provider,
         )
         listener = asyncio.create_task(cancellations.listen())

@@ -159,14 +159,7 @@ class Tracker:
             group=TRACKER_GROUP,
             consumer=consumer_name(),
             handler=self._handle,
-            policy=ConsumerPolicy(
-                concurrency=concurrency,
-                max_tries=settings.max_tries,
-                retry_backoff_s=settings.retry_backoff_s,
-                claim_idle_s=settings.claim_idle_s,
-                lease_renew_s=settings.lease_renew_s,
-                shutdown_grace_s=settings.shutdown_grace_s,
-            ),
+            policy=ConsumerPolicy.from_settings(settings, concurrency=concurrency),
             tracer_provider=tracer_provider,
         )
 

@@ -116,14 +116,7 @@ async def serve(settings: Settings) -> None:
             on_dead=on_dead,
             # One message per worker process: a command holds at most one worker at a time,
             # so more would only queue inside the pool while their leases tick.
-            policy=ConsumerPolicy(
-                concurrency=settings.process_workers,
-                max_tries=settings.max_tries,
-                retry_backoff_s=settings.retry_backoff_s,
-                claim_idle_s=settings.claim_idle_s,
-                lease_renew_s=settings.lease_renew_s,
-                shutdown_grace_s=settings.shutdown_grace_s,
-            ),
+            policy=ConsumerPolicy.from_settings(settings, concurrency=settings.process_workers),
             tracer_provider=tracer_provider,
         )
         trimmer = asyncio.create_task(_trim_lanes(redis))
