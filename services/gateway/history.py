@@ -396,7 +396,10 @@ async def _finish(
         "UPDATE executions SET status = $3, finished_at = to_timestamp($4),"
         " duration_s = greatest(0, $4 - extract(epoch FROM started_at)), error = $5"
         " WHERE id = (SELECT id FROM executions WHERE task = $1 AND subject_id = $2"
-        "   AND status = 'running' AND ($6::int IS NULL OR attempt = $6)"
+        "   AND ((status = 'running' AND ($6::int IS NULL OR attempt = $6))"
+        # 'interrupted' is a guess made when a later try started first; the try's own
+        # report, arriving out of order, replaces it.
+        "     OR ($6::int IS NOT NULL AND attempt = $6 AND status = 'interrupted'))"
         "   ORDER BY id DESC LIMIT 1)"
         " RETURNING true",
         task,

@@ -112,6 +112,23 @@ async def test_a_try_whose_worker_died_is_interrupted_by_the_next(
     assert "stopped before reporting" in runs[0]["error"]
 
 
+async def test_a_retry_reported_after_the_next_try_started_still_closes_its_own_try(
+    pool: asyncpg.Pool, job: tuple[JobId, list[FileId]]
+) -> None:
+    # The tracker projects concurrently: try 2's start can land before try 1's retry report.
+    job_id, (file_id, _) = job
+    await _record(
+        pool,
+        started(job_id, file_id, attempt=1),
+        started(job_id, file_id, attempt=2),
+        retrying(job_id, file_id, 1, "HTTP 503 from the server"),
+        downloaded(job_id, file_id),
+    )
+    runs = await _runs(pool, file_id)
+    assert [(r["attempt"], r["status"]) for r in runs] == [(1, "retried"), (2, "completed")]
+    assert runs[0]["error"] == "HTTP 503 from the server"
+
+
 async def test_a_failure_ends_the_running_try_or_is_recorded_alone(
     pool: asyncpg.Pool, job: tuple[JobId, list[FileId]]
 ) -> None:
