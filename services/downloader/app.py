@@ -14,7 +14,7 @@ import msgspec
 
 from services.downloader.fetch import FetchLimits
 from services.downloader.handlers import DownloadDeps, download_file, failure_event
-from services.downloader.limits import AddressGuard, GuardedResolver, HostLimits
+from services.downloader.limits import AddressGuard, HostLimits, guarded_connector
 from services.downloader.state import CancelWatcher, RedisCompletions, RedisNames
 from shared import metrics
 from shared.broker import BrokerPublisher, create_broker
@@ -83,9 +83,7 @@ async def serve(settings: Settings) -> None:
         stack.push_async_callback(broker.stop)
         session = await stack.enter_async_context(
             aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(
-                    resolver=GuardedResolver(guard), limit=0, ttl_dns_cache=60
-                ),
+                connector=guarded_connector(guard, ttl_dns_cache_s=60),
                 timeout=aiohttp.ClientTimeout(
                     total=None,
                     connect=settings.connect_timeout_s,

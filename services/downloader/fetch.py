@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import aiohttp
 
@@ -159,14 +159,16 @@ async def _open(
     max_redirects: int,
     headers: dict[str, str] | None = None,
 ) -> aiohttp.ClientResponse:
-    # Redirects are followed here, not by aiohttp, so every hop's scheme and host are checked.
+    # Redirects are followed here, not by aiohttp, so every hop's scheme and host are checked;
+    # the URL the guard parsed and checked is the very object fetched, never re-parsed.
     for _hop in range(max_redirects + 1):
-        parts = urlsplit(url)
-        if parts.scheme not in _SCHEMES or not parts.hostname:
+        target = guard.check_url(url)
+        if target.scheme not in _SCHEMES or not target.raw_host:
             raise PermanentError(f"refusing to fetch {url!r}: only http(s) URLs with a host")
-        guard.check_host(parts.hostname)
         response = await session.get(
-            url, allow_redirects=False, headers={"Accept-Encoding": "identity", **(headers or {})}
+            target,
+            allow_redirects=False,
+            headers={"Accept-Encoding": "identity", **(headers or {})},
         )
         if response.status in _REDIRECTS and "Location" in response.headers:
             response.release()

@@ -10,9 +10,9 @@ import logging
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
-from urllib.parse import urlsplit
 
 from opentelemetry import trace
+from yarl import URL
 
 from services.downloader.fetch import Fetched, FetchLimits, fetch_into
 from services.downloader.naming import FALLBACK_NAME, choose_name, variants
@@ -88,7 +88,7 @@ async def download_file(
         # Re-announce: the event may be what was lost; its id makes the replay a no-op.
         await deps.publisher.publish(done)
         return done
-    host = urlsplit(command.url).hostname or ""
+    host = _host(command.url)
     with tracer.start_as_current_span(
         "download",
         attributes={
@@ -229,3 +229,14 @@ def failure_event(command: DownloadFile, error: BaseException, attempts: int) ->
         permanent=isinstance(error, PermanentError),
         attempts=attempts,
     )
+
+
+def _host(url: str) -> str:
+    """The host as the HTTP client will connect to it, so look-alike spellings share one limit.
+
+    An unparsable URL keys nothing here; the fetch refuses it as a permanent error.
+    """
+    try:
+        return URL(url).raw_host or ""
+    except ValueError:
+        return ""

@@ -8,11 +8,16 @@ import ipaddress
 import socket
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable
+from urllib.parse import urlsplit
 
+from aiohappyeyeballs import AddrInfoType, SocketFactoryType
+from aiohttp import TCPConnector
 from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.helpers import is_ip_address
 from aiohttp.resolver import DefaultResolver
+from yarl import URL
 
-from shared.errors import BlockedAddress
+from shared.errors import BlockedAddress, PermanentError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -40,13 +45,38 @@ class AddressGuard:
         if not ip.is_global or ip.is_multicast:
             raise BlockedAddress(f"blocked address {ip}: not a public internet address")
 
-    def check_host(self, host: str) -> None:
-        """Check a URL's host when it is an IP literal; names are checked once resolved."""
+    def check_url(self, url: str) -> URL:
+        """Parse `url` as aiohttp does and check its host; fetch the URL returned, not `url`.
+
+        yarl folds look-alikes (IDNA/NFKC: fullwidth digits, ideographic full stops) into the
+        host aiohttp connects to, so that host is the one checked; a host that only becomes an
+        IP literal that way is refused, whatever its address.
+        """
         try:
-            ipaddress.ip_address(host.strip("[]"))
-        except ValueError:
+            target = URL(url)
+            written = urlsplit(url).hostname or ""
+        except ValueError as exc:
+            raise PermanentError(f"invalid URL {url!r}: {exc}") from None
+        host = target.raw_host
+        if not host or self.allow_private:
+            return target
+        if is_ip_address(host) and not written.isascii():
+            raise BlockedAddress(
+                f"refusing host {written!r}: it becomes the IP address {host} once normalised"
+            )
+        self.check_host(host)
+        return target
+
+    def check_host(self, host: str) -> None:
+        """Check a host that aiohttp connects to unresolved; names are checked once resolved."""
+        host = host.strip("[]")
+        # aiohttp's own test for "skip the resolver", so no literal slips past both checks.
+        if self.allow_private or not is_ip_address(host):
             return
-        self.check(host.strip("[]"))
+        try:
+            self.check(host)
+        except ValueError:
+            raise BlockedAddress(f"blocked address {host}: not a canonical IP address") from None
 
 
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
@@ -89,6 +119,44 @@ class GuardedResolver(AbstractResolver):
 
     async def close(self) -> None:
         await self._inner.close()
+
+
+def guarded_socket_factory(guard: AddressGuard) -> SocketFactoryType:
+    """A TCPConnector socket_factory that checks each peer address before it is connected to.
+
+    aiohttp calls it with the exact address of every connection attempt: IP literals (which
+    never reach a resolver) and resolved names alike, on the first request and every redirect.
+    """
+
+    def open_socket(addr_info: AddrInfoType) -> socket.socket:
+        family, type_, proto, _, sockaddr = addr_info
+        try:
+            guard.check(str(sockaddr[0]))
+        except BlockedAddress as exc:
+            # Not an OSError, so neither aiohappyeyeballs nor aiohttp wraps it into a
+            # ClientConnectorError (which would be retried): it reaches map_errors as is.
+            raise BlockedAddress(f"refusing to connect to a {exc}") from None
+        return socket.socket(family=family, type=type_, proto=proto)
+
+    return open_socket
+
+
+def guarded_connector(
+    guard: AddressGuard, resolver: AbstractResolver | None = None, *, ttl_dns_cache_s: int = 10
+) -> TCPConnector:
+    """The downloader's connector: names checked once resolved, every peer before connecting.
+
+    Always both: the socket factory sees one address at a time, and when it refuses every
+    address of a name, aiohappyeyeballs (which keeps only the OSErrors of raced attempts)
+    raises IndexError, not BlockedAddress, though it connects nowhere. GuardedResolver refuses
+    such a name first, with a clear message.
+    """
+    return TCPConnector(
+        resolver=GuardedResolver(guard, resolver),
+        socket_factory=guarded_socket_factory(guard),
+        limit=0,  # the consumer's concurrency and HostLimits bound connections, not the pool
+        ttl_dns_cache=ttl_dns_cache_s,
+    )
 
 
 class HostLimits:

@@ -13,7 +13,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 
 from services.downloader.fetch import FetchLimits
 from services.downloader.handlers import DownloadDeps
-from services.downloader.limits import AddressGuard, GuardedResolver, HostLimits
+from services.downloader.limits import AddressGuard, HostLimits, guarded_connector
 from services.downloader.state import CancelWatcher, RedisCompletions, RedisNames
 from shared.events import DownloadFile, Event
 from shared.ids import JobId, UserId, new_file_id
@@ -148,9 +148,9 @@ async def make_downloader(redis: Redis, tmp_path: Path) -> AsyncIterator[MakeDow
             file_deadline_s: float = 60.0,
         ) -> Downloader:
             guard = AddressGuard(allow_private=allow_private, allowed_networks=allowed_networks)
-            # The same wiring as services/downloader/app.py: names are checked once resolved.
+            # The same connector as services/downloader/app.py: names and every peer are checked.
             session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(resolver=GuardedResolver(guard, resolver), limit=0),
+                connector=guarded_connector(guard, resolver),
                 timeout=aiohttp.ClientTimeout(total=30),
                 auto_decompress=False,
             )
