@@ -68,10 +68,11 @@ def done_key(file_id: str) -> str:
     return f"downlink:done:{file_id}"
 
 
-def live_key(file_id: str) -> str:
-    """Set with each publish of a file's command: a missing one after a Redis loss means
-    the command is gone too, and the reconciler publishes it again."""
-    return f"downlink:live:{file_id}"
+def live_key(command_key: str) -> str:
+    """Set with each publish of a command the reconciler keeps alive, by its command key (a
+    download's file id, `process:<file id>`, `export:<export id>`...): a missing one after a
+    Redis loss means the command is gone too, and the reconciler publishes it again."""
+    return f"downlink:live:{command_key}"
 
 
 def names_key(job_id: JobId) -> str:

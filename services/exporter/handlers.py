@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -38,7 +36,6 @@ from shared.storage import StorageError
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator
     from contextlib import AbstractAsyncContextManager
-    from pathlib import Path
 
     from shared.broker import EventPublisher
     from shared.events import BuildExport, ExportItem
@@ -274,12 +271,12 @@ async def _stop(reporter: asyncio.Task[None], done: asyncio.Event) -> None:
 
 
 def _member(item: ExportItem, storage: Storage, loop: asyncio.AbstractEventLoop) -> Member:
-    local = storage.local_path(item.filepath)
-    if local is not None:
-        path = local
+    if storage.local_path(item.filepath) is not None:
 
         def open_local() -> BinaryIO:
-            return open_regular_file(path, item.filepath)
+            # Storage's one check, in the archive's thread as each member's turn comes: a
+            # planted link, a non-file or a file of another size fails the export unread.
+            return storage.open_verified(item.filepath, item.size)
 
         return Member(item.arcname, item.size, item.sha256, open_local)
 
@@ -287,26 +284,6 @@ def _member(item: ExportItem, storage: Storage, loop: asyncio.AbstractEventLoop)
         return chunks_reader(_bridge(storage.read(item.filepath), loop))
 
     return Member(item.arcname, item.size, item.sha256, open_remote)
-
-
-def open_regular_file(path: Path, key: str) -> BinaryIO:
-    """Open a stored file for reading, refusing symlinks anywhere on its path and non-files.
-
-    Storage never writes a symlink: one found there was planted to reach outside the owner's
-    area, so it fails the export instead of being followed.
-    """
-    if os.path.realpath(path) != os.path.abspath(path):
-        raise PermanentError(f"stored object {key!r} is behind a symbolic link; refusing it")
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
-        raise StorageError(f"no object {key!r}") from None
-    except OSError as exc:
-        raise PermanentError(f"cannot open stored object {key!r}: {exc}") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise PermanentError(f"stored object {key!r} is not a regular file")
-    return open(fd, "rb", buffering=1 << 20)
 
 
 def _bridge(chunks: AsyncIterator[bytes], loop: asyncio.AbstractEventLoop) -> Iterator[bytes]:

@@ -29,11 +29,12 @@ from services.gateway.controllers.exports import ExportsController
 from services.gateway.controllers.metrics import MetricsController
 from services.gateway.controllers.operations import OperationsController
 from services.gateway.controllers.system import SystemController
-from services.gateway.errors import GatewayError
+from services.gateway.errors import GatewayError, InvalidRequest
 from services.gateway.reconciler import Reconciler
 from services.gateway.relay import OutboxRelay
 from services.gateway.repository import DATABASE_DOWN, JobRepository, User
-from services.gateway.schemas import ErrorBody
+from services.gateway.schemas import MAX_METADATA_DEPTH, ErrorBody
+from services.gateway.span_names import RouteSpanNames, initial_span_details
 from services.gateway.tracker import Tracker
 from shared.broker import create_broker
 from shared.consumer import ensure_groups
@@ -92,6 +93,7 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
         route_handlers=[SystemController, MetricsController, api],
         lifespan=[lifespan],
         exception_handlers=_error_map(),
+        request_class=_BoundedRequest,
         openapi_config=OpenAPIConfig(
             title="Downlink",
             version=API_VERSION,
@@ -256,11 +258,26 @@ def _telemetry_plugins(tracer_provider: TracerProvider | None) -> list[PluginPro
         tracer_provider=tracer_provider,
         # One span per request is what we read; one per ASGI message of a streamed file is noise.
         exclude_spans=["receive", "send"],
+        # Litestar's default names spans by the raw path: one name per id, ungroupable.
+        scope_span_details_extractor=initial_span_details,
     )
-    return [OpenTelemetryPlugin(config)]
+    return [OpenTelemetryPlugin(config), RouteSpanNames()]
 
 
 # --- errors -> HTTP: the one mapping --------------------------------------------------------
+
+
+class _BoundedRequest(Request[Any, Any, Any]):
+    """A request whose JSON body nested too deep to decode is a 400, not a RecursionError."""
+
+    async def json(self) -> Any:
+        try:
+            return await super().json()
+        except RecursionError:
+            raise InvalidRequest(
+                "body: JSON nested too deeply to decode"
+                f" (metadata may nest at most {MAX_METADATA_DEPTH} levels)"
+            ) from None
 
 
 def _error_map() -> ExceptionHandlersMap:

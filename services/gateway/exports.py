@@ -2,12 +2,14 @@
 
 The gateway resolves a selection (jobs, file ids, file paths) into the user's stored files and
 their artifacts, refuses anything outside the user's own area, and writes the export row and its
-BuildExport command (outbox) in one transaction. The tracker projects the exporter's events here.
+BuildExport command (outbox) in one transaction. The tracker projects the exporter's events here;
+EXPORTS is the reconciler's command kind for the builds Redis lost.
 
 GatewayError (services.gateway.errors)
 ├── NotFound              404
 │   └── ExportNotFound        missing, or another user's
-├── PathRefused           403  an absolute path outside the user's area, or a symbolic link
+├── PathRefused           403  an absolute path outside the user's area, a symbolic link,
+│                              or a stored file not of its recorded size
 ├── NotExportable         409  a file without stored bytes, or an empty selection
 ├── ExportNotReady        409  the archive is not built (yet)
 ├── ExportAlreadyEnded    409  cancel of an export that is ready, failed or cancelled
@@ -18,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import uuid
 from datetime import datetime
 from pathlib import PurePosixPath
@@ -34,6 +35,7 @@ from services.gateway.schemas import ExportProgressView, ExportStatus, ExportSta
 from services.gateway.statuses import JobStatus
 from shared.events import ENCODER, BuildExport, ExportFailed, ExportItem, ExportProgress
 from shared.ids import JobId, UserId
+from shared.storage import ObjectRefused, StorageError
 from shared.streams import EXPORT_CANCEL_CHANNEL, EXPORT_STREAM, export_cancelled_key
 
 if TYPE_CHECKING:
@@ -162,7 +164,7 @@ class ExportRepository:
             selection = await resolve_selection(
                 connection, user_id, job_ids=job_ids, file_ids=file_ids, file_paths=keys
             )
-            await refuse_symlinks(selection, storage)
+            await refuse_tampered(selection, storage)
             if not selection.items:
                 raise NotExportable(
                     "job_ids, file_ids, file_paths: no stored file in the selection to export"
@@ -298,7 +300,6 @@ async def paths_to_keys(user_id: UserId, paths: Sequence[str], storage: Storage)
     caller's folder of local storage, anything else absolute is refused (403); a symbolic link
     on the way is refused (403); a key in another user's area answers 404, as their ids do.
     """
-    area = _local_area(storage, user_id)
     keys: list[str] = []
     for index, path in enumerate(paths):
         field = f"file_paths[{index}]"
@@ -308,9 +309,9 @@ async def paths_to_keys(user_id: UserId, paths: Sequence[str], storage: Storage)
         if any(segment in ("..", ".") for segment in segments):
             raise InvalidRequest(f"{field}: '..' and '.' are not allowed in a file path")
         if path.startswith("/"):
-            if area is None or not PurePosixPath(path).is_relative_to(area):
+            key = storage.key_for_path(path)
+            if key is None or not key.startswith(f"{user_id}/"):
                 raise PathRefused(f"{field}: {path!r} is outside your storage area")
-            key = f"{user_id}/{PurePosixPath(path).relative_to(area)}"
         else:
             key = path
         if "" in key.split("/"):
@@ -318,34 +319,39 @@ async def paths_to_keys(user_id: UserId, paths: Sequence[str], storage: Storage)
         if not key.startswith(f"{user_id}/"):
             raise NotFound(f"{field}: {path!r} is not one of your files")
         keys.append(key)
-    linked = await asyncio.to_thread(_symlinked, storage, keys)
-    if linked is not None:
-        index = keys.index(linked)
-        raise PathRefused(f"file_paths[{index}]: {paths[index]!r} is a symbolic link; refused")
+    refused = await asyncio.to_thread(_first_refused, storage, [(key, None) for key in keys])
+    if refused is not None:
+        index, error = refused
+        raise PathRefused(f"file_paths[{index}]: {paths[index]!r} refused: {error}")
     return keys
 
 
-async def refuse_symlinks(selection: Selection, storage: Storage) -> None:
-    """PathRefused when a selected file sits behind a symbolic link in local storage.
+async def refuse_tampered(selection: Selection, storage: Storage) -> None:
+    """PathRefused when a selected file is not what storage wrote and the record describes.
 
-    Storage never writes links: one found there was planted to reach outside the user's area.
+    Storage never writes links: one found there (or a hard link, found by its size) was
+    planted to reach outside the user's area.
     """
-    linked = await asyncio.to_thread(_symlinked, storage, [i.filepath for i in selection.items])
-    if linked is not None:
-        raise PathRefused(f"stored file {linked!r} is a symbolic link; refused")
+    objects = [(item.filepath, item.size) for item in selection.items]
+    refused = await asyncio.to_thread(_first_refused, storage, objects)
+    if refused is not None:
+        raise PathRefused(f"{refused[1]}; refused")
 
 
-def _local_area(storage: Storage, user_id: UserId) -> PurePosixPath | None:
-    local = storage.local_path(f"{user_id}/area")
-    return PurePosixPath(os.fspath(local)).parent if local is not None else None
+def _first_refused(
+    storage: Storage, objects: Sequence[tuple[str, int | None]]
+) -> tuple[int, ObjectRefused] | None:
+    """The index of the first (key, size) storage's one check refuses, with its reason.
 
-
-def _symlinked(storage: Storage, keys: Sequence[str]) -> str | None:
-    for key in keys:
-        path = storage.local_path(key)
-        # LocalStorage's root is resolved already: any difference is a link below it.
-        if path is not None and os.path.realpath(path) != os.path.abspath(path):
-            return key
+    A missing object is no refusal: the selection answers 404 for it, or the exporter fails.
+    """
+    for index, (key, size) in enumerate(objects):
+        try:
+            storage.open_verified(key, size).close()
+        except ObjectRefused as exc:
+            return index, exc
+        except StorageError:
+            continue
     return None
 
 
@@ -540,19 +546,24 @@ async def insert_export(
     include_metadata: bool,
     selection: Selection,
 ) -> str:
-    """Write the export row and its BuildExport command (outbox) in the caller's transaction."""
+    """Write the export row and its BuildExport command (outbox) in the caller's transaction.
+
+    The row keeps the command too: the reconciler publishes it again, as is, should Redis lose it.
+    """
     export_id = str(uuid.uuid4())
-    command = BuildExport(
-        export_id=export_id,
-        user_id=user_id,
-        format=export_format,
-        include_metadata=include_metadata,
-        items=selection.items,
-        jobs=selection.jobs,
+    body = ENCODER.encode(
+        BuildExport(
+            export_id=export_id,
+            user_id=user_id,
+            format=export_format,
+            include_metadata=include_metadata,
+            items=selection.items,
+            jobs=selection.jobs,
+        )
     )
     await connection.execute(
         "INSERT INTO exports (id, user_id, job_id, format, include_metadata, file_count,"
-        " total_bytes) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        " total_bytes, command) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         export_id,
         user_id,
         job_id,
@@ -560,9 +571,14 @@ async def insert_export(
         include_metadata,
         len(selection.items),
         selection.total_bytes,
+        body,
     )
     await repository.add_to_outbox(
-        connection, EXPORT_STREAM, ENCODER.encode(command), headers=trace_headers()
+        connection,
+        EXPORT_STREAM,
+        body,
+        headers=trace_headers(),
+        command_key=EXPORTS.key(export_id),
     )
     log.info(
         "export %s queued: %d items, %d bytes",
@@ -646,3 +662,70 @@ async def project_export_event(
             )
     outcome = "failed" if isinstance(event, ExportFailed) else "ready"
     log.info("export %s %s", event.export_id, outcome, extra={"export_id": event.export_id})
+
+
+# --- the reconciler: builds Redis lost ----------------------------------------------------------
+# Like downloads: a pending export's command is lost when its live marker is; a building one is
+# stale when no progress came for `stale_s` (the exporter reports every progress_interval_s).
+
+
+async def _exports_sent(
+    connection: asyncpg.Connection, after: str | None, limit: int
+) -> list[repository.QueuedCommand]:
+    """Pending exports whose command left the outbox, in id order after `after`."""
+    rows = await connection.fetch(
+        "SELECT e.id, e.command FROM exports e"
+        " WHERE e.status = 'pending' AND e.command IS NOT NULL"
+        " AND ($1::uuid IS NULL OR e.id > $1)"
+        f" AND {repository.no_row_waiting('$3::text || e.id::text')}"
+        " ORDER BY e.id LIMIT $2",
+        after,
+        limit,
+        EXPORTS.key_prefix,
+    )
+    return [_queued_export(row) for row in rows]
+
+
+async def _exports_stale(
+    connection: asyncpg.Connection, stale_s: float, limit: int
+) -> list[repository.QueuedCommand]:
+    """Building exports with no progress for `stale_s` and not re-published within it."""
+    rows = await connection.fetch(
+        "SELECT e.id, e.command FROM exports e"
+        " WHERE e.status = 'building' AND e.command IS NOT NULL"
+        " AND e.updated_at < now() - make_interval(secs => $1)"
+        f" AND {repository.not_queued_within('$3::text || e.id::text', '$1')}"
+        " ORDER BY e.updated_at LIMIT $2",
+        stale_s,
+        limit,
+        EXPORTS.key_prefix,
+    )
+    return [_queued_export(row) for row in rows]
+
+
+async def _exports_open(connection: asyncpg.Connection, export_ids: Sequence[str]) -> set[str]:
+    rows = await connection.fetch(
+        "SELECT id FROM exports WHERE id = ANY($1::uuid[])"
+        " AND status IN ('pending', 'building') FOR UPDATE SKIP LOCKED",
+        export_ids,
+    )
+    return {str(row["id"]) for row in rows}
+
+
+def _queued_export(row: asyncpg.Record) -> repository.QueuedCommand:
+    export_id = str(row["id"])
+    return repository.QueuedCommand(
+        subject_id=export_id,
+        key=EXPORTS.key(export_id),
+        stream=EXPORT_STREAM,
+        body=row["command"],
+    )
+
+
+EXPORTS = repository.CommandKind(
+    name="export",
+    key_prefix="export:",
+    sent=_exports_sent,
+    still_open=_exports_open,
+    stale=_exports_stale,
+)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,7 @@ import msgspec
 from litestar.response import ServerSentEventMessage
 
 from services.gateway import history
+from services.gateway.errors import InvalidRequest
 from services.gateway.repository import DATABASE_DOWN
 
 if TYPE_CHECKING:
@@ -38,6 +40,9 @@ _STATUS_CHECK_S = 1.0
 RETRY_MS = 2000
 _FINISHED = "job.finished"
 _DRAINING_KEY = "downlink.live.draining"
+# Event ids are PostgreSQL bigints: anything larger would fail the query after the 200 is sent.
+MAX_EVENT_ID = 2**63 - 1
+_DIGITS = re.compile(r"[0-9]{1,19}")
 
 
 def draining(state: State) -> asyncio.Event:
@@ -101,7 +106,16 @@ async def job_event_stream(
 
 
 def parse_last_event_id(value: str | None) -> int | None:
-    """The numeric id a client resumes after; None when absent or not one of ours."""
-    if value is None or not value.strip().isdigit():
+    """The event id a client resumes after; None when absent (or empty, as EventSource may send).
+
+    Raises InvalidRequest naming the header for anything but a whole number up to MAX_EVENT_ID,
+    before the stream's 200 has been sent.
+    """
+    if value is None or not value.strip():
         return None
-    return int(value.strip())
+    text = value.strip()
+    if not _DIGITS.fullmatch(text) or int(text) > MAX_EVENT_ID:
+        raise InvalidRequest(
+            f"Last-Event-ID: {value!r} is not an event id (a whole number 0 to {MAX_EVENT_ID})"
+        )
+    return int(text)

@@ -2,6 +2,8 @@
 
 PostgreSQL is the record and Redis the transport; every pass compares the two. One gateway at a
 time runs a pass (a PostgreSQL advisory lock), every `DOWNLINK_RECONCILE_INTERVAL` seconds.
+Each kind of command it keeps alive is a `repository.CommandKind` listed in COMMAND_KINDS: a
+new kind of work joins by registering its own there, and every pass loops over them.
 """
 
 from __future__ import annotations
@@ -10,27 +12,26 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import asyncpg
 from redis.exceptions import RedisError
 
-from services.gateway import repository
+from services.gateway import exports, processing, repository
 from services.gateway.cancellation import announce_cancel
 from services.gateway.relay import trace_headers
-from services.gateway.repository import DATABASE_DOWN
+from services.gateway.repository import DATABASE_DOWN, CommandKind
 from services.gateway.tracker import settle_job
 from shared.consumer import ensure_groups
 from shared.streams import DOWNLOAD_LANES, EVENTS_STREAM, GROUPS, live_key
 from shared.trim import cap_dead_letters, trim_stream
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     from redis.asyncio import Redis
 
-    from shared.ids import FileId
     from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -45,17 +46,35 @@ _SECONDS_PER_DAY = 86_400
 _OUTAGES: tuple[type[BaseException], ...] = (*DATABASE_DOWN, RedisError, OSError)
 # The streams groups consume; the dead-letter stream is capped by length instead.
 TRIMMED_STREAMS: tuple[str, ...] = (*DOWNLOAD_LANES, EVENTS_STREAM)
+# Every command whose unfinished work PostgreSQL knows, in the order a pass brings them back.
+COMMAND_KINDS: tuple[CommandKind, ...] = (
+    repository.DOWNLOADS,
+    processing.FILE_PROCESSING,
+    processing.COMPOSITES,
+    exports.EXPORTS,
+)
 
 
 @dataclass(frozen=True, slots=True)
 class ReconcileReport:
-    """What one pass did; `ran` is False when another gateway held the lock."""
+    """What one pass did; `ran` is False when another gateway held the lock.
+
+    `lost` and `stale` count the commands re-published per kind name.
+    """
 
     ran: bool
-    republished_lost: int = 0
-    republished_stale: int = 0
+    lost: Mapping[str, int] = field(default_factory=dict)
+    stale: Mapping[str, int] = field(default_factory=dict)
     timed_out_jobs: int = 0
     trimmed: int = 0
+
+    @property
+    def republished_lost(self) -> int:
+        return sum(self.lost.values())
+
+    @property
+    def republished_stale(self) -> int:
+        return sum(self.stale.values())
 
 
 class Reconciler:
@@ -69,17 +88,20 @@ class Reconciler:
         *,
         on_outbox_written: Callable[[], None] | None = None,
         batch_size: int = 1000,
+        kinds: Sequence[CommandKind] = COMMAND_KINDS,
     ) -> None:
         self._pool = pool
         self._redis = redis
         self._settings = settings
         self._on_outbox_written = on_outbox_written
         self._batch_size = batch_size
+        self._kinds = tuple(kinds)
         self._stopping = asyncio.Event()
 
     @property
     def stale_after_s(self) -> float:
-        """How long a downloading file may go without any event before it is re-published."""
+        """How long started work (a download, an export) may go without any event before it
+        is re-published."""
         return max(MIN_STALE_S, STALE_CLAIM_FACTOR * self._settings.claim_idle_s)
 
     def stop(self) -> None:
@@ -118,12 +140,13 @@ class Reconciler:
             self._on_outbox_written()
         if written or report.trimmed:
             log.info(
-                "reconciled: %d lost and %d stale files re-published, %d jobs timed out,"
+                "reconciled: %d lost and %d stale commands re-published, %d jobs timed out,"
                 " %d stream entries trimmed",
                 report.republished_lost,
                 report.republished_stale,
                 report.timed_out_jobs,
                 report.trimmed,
+                extra={"lost": dict(report.lost), "stale": dict(report.stale)},
             )
         return report
 
@@ -133,62 +156,56 @@ class Reconciler:
         await ensure_groups(self._redis, GROUPS)
         # Timeouts first: no point re-publishing work of a job that ends now.
         timed_out = await self._time_out_jobs()
-        lost = await self._republish_lost()
-        stale = await self._republish_stale()
+        lost = {kind.name: await self._republish_lost(kind) for kind in self._kinds}
+        stale = {kind.name: await self._republish_stale(kind) for kind in self._kinds}
         trimmed = await self._trim()
         return ReconcileReport(
-            ran=True,
-            republished_lost=lost,
-            republished_stale=stale,
-            timed_out_jobs=timed_out,
-            trimmed=trimmed,
+            ran=True, lost=lost, stale=stale, timed_out_jobs=timed_out, trimmed=trimmed
         )
 
     # --- Redis loss -----------------------------------------------------------------------------
 
-    async def _republish_lost(self) -> int:
-        """Pending files whose command left the outbox but whose live marker is gone."""
+    async def _republish_lost(self, kind: CommandKind) -> int:
+        """Open work whose command left the outbox but whose live marker is gone."""
         republished = 0
-        after: FileId | None = None
+        after: str | None = None
         while True:
             async with self._pool.acquire() as connection:
-                batch = await repository.pending_without_unsent_row(
-                    connection, after=after, limit=self._batch_size
-                )
+                batch = await kind.sent(connection, after, self._batch_size)
             if not batch:
                 return republished
-            after = batch[-1].command.file_id
+            after = batch[-1].subject_id
             missing = await self._missing_live_keys(batch)
             if missing:
                 async with self._pool.acquire() as connection, connection.transaction():
-                    republished += await repository.republish(
-                        connection, missing, headers=trace_headers()
+                    republished += await repository.requeue(
+                        connection, kind, missing, headers=trace_headers()
                     )
             if len(batch) < self._batch_size:
                 return republished
 
     async def _missing_live_keys(
-        self, files: Sequence[repository.OpenFile]
-    ) -> list[repository.OpenFile]:
+        self, commands: Sequence[repository.QueuedCommand]
+    ) -> list[repository.QueuedCommand]:
         # One round trip per batch. A Redis still loading its data answers with an error, not
         # with "missing", so a restart never looks like a loss.
         async with self._redis.pipeline(transaction=False) as pipe:
-            for file in files:
-                pipe.exists(live_key(file.command.file_id))
+            for command in commands:
+                pipe.exists(live_key(command.key))
             found = await pipe.execute()
-        return [file for file, exists in zip(files, found, strict=True) if not exists]
+        return [command for command, exists in zip(commands, found, strict=True) if not exists]
 
-    async def _republish_stale(self) -> int:
-        """Downloading files without any event for `stale_after_s`."""
+    async def _republish_stale(self, kind: CommandKind) -> int:
+        """Started work of `kind` without any event for `stale_after_s`."""
+        if kind.stale is None:
+            return 0
         republished = 0
         while True:
             async with self._pool.acquire() as connection, connection.transaction():
-                batch = await repository.stale_downloads(
-                    connection, stale_s=self.stale_after_s, limit=self._batch_size
-                )
-                # The rows written here exclude these files from the next query, so the loop
+                batch = await kind.stale(connection, self.stale_after_s, self._batch_size)
+                # The rows written here exclude this work from the next query, so the loop
                 # moves on without a cursor.
-                written = await repository.republish(connection, batch, headers=trace_headers())
+                written = await repository.requeue(connection, kind, batch, headers=trace_headers())
             republished += written
             if len(batch) < self._batch_size or not written:
                 return republished

@@ -2,8 +2,9 @@
 
 A row is marked sent only after Redis accepted it, in the transaction that locked it, so a crash
 or an outage between the two re-publishes the row later: duplicates are harmless, loss is not.
-A download command is published together with its file's live marker (one MULTI/EXEC), which
-the reconciler reads to tell a command Redis still holds from one it lost.
+Each command the reconciler keeps alive (a row with a command key: a download, a file's
+processing, a composite, an export) is published together with its live marker (one
+MULTI/EXEC), which the reconciler reads to tell a command Redis still holds from one it lost.
 """
 
 from __future__ import annotations
@@ -143,8 +144,8 @@ class OutboxRelay:
                     )
                 finally:
                     context.detach(token)
-                if row.file_id is not None:
-                    pipe.set(live_key(row.file_id), b"1", ex=self._live_ttl_s)
+                if row.command_key is not None:
+                    pipe.set(live_key(row.command_key), b"1", ex=self._live_ttl_s)
             await pipe.execute()
 
     async def _pause(self, seconds: float, *, wakeable: bool = True) -> None:

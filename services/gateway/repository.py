@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -35,8 +37,6 @@ from shared.ids import FileId, JobId, UserId, new_event_id, new_file_id, new_job
 from shared.streams import EVENTS_STREAM, download_stream, lane_for
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-
     from shared.events import FileDownloaded, FileFailed, FileProgress, FileStarted
 
 # Errors that mean "PostgreSQL is not reachable right now" rather than "this query is wrong":
@@ -108,13 +108,14 @@ class StoredFile(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class OutboxRow(msgspec.Struct, frozen=True, kw_only=True):
-    """One message to publish; `file_id` is set on download commands (the relay marks it live)."""
+    """One message to publish; `command_key` is set on the commands the reconciler keeps alive
+    (the relay marks each live under it)."""
 
     id: int
     stream: str
     body: bytes
     headers: dict[str, str]
-    file_id: FileId | None = None
+    command_key: str | None = None
 
 
 class FileCounts(msgspec.Struct, frozen=True, kw_only=True):
@@ -266,9 +267,10 @@ class JobRepository:
                     [file.filename for file in job.files],
                     [file.sha256 for file in job.files],
                 )
+                # A download command's key is its file id (see DOWNLOADS).
                 await connection.execute(
-                    "INSERT INTO outbox (stream, body, headers, file_id)"
-                    " SELECT $1, o.body, $3::jsonb, o.file_id"
+                    "INSERT INTO outbox (stream, body, headers, file_id, command_key)"
+                    " SELECT $1, o.body, $3::jsonb, o.file_id, o.file_id::text"
                     " FROM unnest($2::bytea[], $4::uuid[]) WITH ORDINALITY AS o(body, file_id, n)"
                     " ORDER BY n",
                     stream,
@@ -508,14 +510,22 @@ async def add_to_outbox(
     body: bytes,
     *,
     headers: dict[str, str],
+    command_key: str | None = None,
     file_id: FileId | None = None,
 ) -> None:
-    """Queue one message; `file_id` names the file a download command is for."""
+    """Queue one message.
+
+    Args:
+        command_key: the work a reconciled command is for (`CommandKind.key`); None for events.
+        file_id: the file a download command is for.
+    """
     await connection.execute(
-        "INSERT INTO outbox (stream, body, headers, file_id) VALUES ($1, $2, $3, $4)",
+        "INSERT INTO outbox (stream, body, headers, command_key, file_id)"
+        " VALUES ($1, $2, $3, $4, $5)",
         stream,
         body,
         headers,
+        command_key,
         file_id,
     )
 
@@ -523,7 +533,7 @@ async def add_to_outbox(
 async def claim_outbox(connection: asyncpg.Connection, limit: int) -> list[OutboxRow]:
     """Lock the oldest unsent rows; other relays skip them until this transaction ends."""
     rows = await connection.fetch(
-        "SELECT id, stream, body, headers, file_id FROM outbox WHERE sent_at IS NULL"
+        "SELECT id, stream, body, headers, command_key FROM outbox WHERE sent_at IS NULL"
         " ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
         limit,
     )
@@ -533,7 +543,7 @@ async def claim_outbox(connection: asyncpg.Connection, limit: int) -> list[Outbo
             stream=r["stream"],
             body=r["body"],
             headers=r["headers"] or {},
-            file_id=None if r["file_id"] is None else FileId(str(r["file_id"])),
+            command_key=r["command_key"],
         )
         for r in rows
     ]
@@ -677,90 +687,193 @@ def _changed(command_status: str) -> bool:
 
 # --- the reconciler -------------------------------------------------------------------------
 # It re-publishes work Redis lost and ends jobs past their timeout; PostgreSQL stays the record.
+# Each kind of command it keeps alive is one CommandKind: its queries, registered with the
+# reconciler (services.gateway.reconciler.COMMAND_KINDS). The SQL helpers below are theirs.
 
-# A download command is rebuilt from the file and its job exactly as submit() wrote it.
-_COMMAND_COLUMNS = (
+
+class QueuedCommand(msgspec.Struct, frozen=True, kw_only=True):
+    """A command of unfinished work, rebuilt from PostgreSQL to be published again.
+
+    Attributes:
+        subject_id: the row the work fills (a file, a composite, an export); batches page by it.
+        key: the command key: its outbox rows and its live marker are found by it.
+        stream: where it goes.
+        body: the command as its consumer decodes it.
+        file_id: the file of a download command (its outbox rows carry it too).
+    """
+
+    subject_id: str
+    key: str
+    stream: str
+    body: bytes
+    file_id: FileId | None = None
+
+
+# (connection, after subject id or None, limit) -> a batch ordered by subject id.
+SentQuery = Callable[[asyncpg.Connection, str | None, int], Awaitable[list[QueuedCommand]]]
+# (connection, stale_s, limit) -> started work silent for stale_s, not re-queued within it.
+StaleQuery = Callable[[asyncpg.Connection, float, int], Awaitable[list[QueuedCommand]]]
+# (connection, subject ids) -> those still open, their rows locked until the transaction ends.
+OpenQuery = Callable[[asyncpg.Connection, Sequence[str]], Awaitable[set[str]]]
+
+
+@dataclass(frozen=True, slots=True)
+class CommandKind:
+    """One kind of command whose work PostgreSQL tracks, and that the reconciler keeps alive.
+
+    Attributes:
+        name: what reports and logs call it.
+        key_prefix: a command key is this prefix and the subject id.
+        sent: open work whose command left the outbox (no row of its key waits unsent); the
+            reconciler publishes again those whose live marker Redis lost.
+        still_open: the re-check inside the transaction that queues them again.
+        stale: started work with no sign of life for `stale_s`, or None where long silence is
+            normal (processing reports nothing until a step ends).
+    """
+
+    name: str
+    key_prefix: str
+    sent: SentQuery
+    still_open: OpenQuery
+    stale: StaleQuery | None = None
+
+    def key(self, subject_id: str) -> str:
+        return f"{self.key_prefix}{subject_id}"
+
+
+def no_row_waiting(key_sql: str) -> str:
+    """SQL: no outbox row for the command key `key_sql` waits unsent (so its command left)."""
+    return (
+        f"NOT EXISTS (SELECT 1 FROM outbox o WHERE o.command_key = {key_sql} AND o.sent_at IS NULL)"
+    )
+
+
+def not_queued_within(key_sql: str, seconds_sql: str) -> str:
+    """SQL: no outbox row for the key waits, nor was one written in the last `seconds_sql`."""
+    # A row written within the window is our own earlier re-publish still on its way (a deep
+    # lane can hold it for long): publishing on every pass would pile up duplicates.
+    return (
+        f"NOT EXISTS (SELECT 1 FROM outbox o WHERE o.command_key = {key_sql}"
+        f" AND (o.sent_at IS NULL OR o.created_at > now() - make_interval(secs => {seconds_sql})))"
+    )
+
+
+async def requeue(
+    connection: asyncpg.Connection,
+    kind: CommandKind,
+    commands: Sequence[QueuedCommand],
+    *,
+    headers: dict[str, str],
+) -> int:
+    """Queue each command again whose work is still open and has no row waiting; how many.
+
+    The kind's conditions are checked again here under row locks, so work that moved on since
+    it was read is skipped and cannot complete before this commits. Rows another transaction
+    holds are skipped rather than waited for (no deadlock with the tracker's lock order): that
+    work is moving right now, and the next pass looks again.
+    """
+    if not commands:
+        return 0
+    still_open = await kind.still_open(connection, [c.subject_id for c in commands])
+    chosen = [c for c in commands if c.subject_id in still_open]
+    if not chosen:
+        return 0
+    result = await connection.execute(
+        "INSERT INTO outbox (stream, body, headers, command_key, file_id)"
+        " SELECT u.stream, u.body, $5::jsonb, u.key, u.file_id"
+        " FROM unnest($1::text[], $2::bytea[], $3::text[], $4::uuid[]) WITH ORDINALITY"
+        "   AS u(stream, body, key, file_id, n)"
+        f" WHERE {no_row_waiting('u.key')}"
+        " ORDER BY u.n",
+        [c.stream for c in chosen],
+        [c.body for c in chosen],
+        [c.key for c in chosen],
+        [c.file_id for c in chosen],
+        headers,
+    )
+    return int(result.rsplit(" ", 1)[-1])
+
+
+# Downloads: a command is rebuilt from the file and its job exactly as submit() wrote it.
+_DOWNLOAD_COLUMNS = (
     "f.id, f.job_id, f.url, f.requested_name, f.expected_sha256, j.user_id, j.priority"
 )
 
 
-class OpenFile(msgspec.Struct, frozen=True, kw_only=True):
-    """A file of an unfinished job that may need its command published again."""
+async def _downloads_sent(
+    connection: asyncpg.Connection, after: str | None, limit: int
+) -> list[QueuedCommand]:
+    """Pending files of unfinished jobs with no outbox row waiting, in file-id order."""
+    rows = await connection.fetch(
+        f"SELECT {_DOWNLOAD_COLUMNS} FROM files f JOIN jobs j ON j.id = f.job_id"
+        " WHERE f.status = 'pending' AND j.finished_at IS NULL"
+        " AND ($1::uuid IS NULL OR f.id > $1)"
+        f" AND {no_row_waiting('f.id::text')}"
+        " ORDER BY f.id LIMIT $2",
+        after,
+        limit,
+    )
+    return [_queued_download(row) for row in rows]
 
-    command: DownloadFile
 
-    @property
-    def stream(self) -> str:
-        return download_stream(lane_for(self.command.priority))
+async def _downloads_stale(
+    connection: asyncpg.Connection, stale_s: float, limit: int
+) -> list[QueuedCommand]:
+    """Downloading files with no event for `stale_s` and not re-published within it either."""
+    rows = await connection.fetch(
+        f"SELECT {_DOWNLOAD_COLUMNS} FROM files f JOIN jobs j ON j.id = f.job_id"
+        " WHERE f.status = 'downloading' AND j.finished_at IS NULL"
+        " AND f.updated_at < now() - make_interval(secs => $1)"
+        f" AND {not_queued_within('f.id::text', '$1')}"
+        " ORDER BY f.updated_at LIMIT $2",
+        stale_s,
+        limit,
+    )
+    return [_queued_download(row) for row in rows]
+
+
+async def _downloads_open(connection: asyncpg.Connection, file_ids: Sequence[str]) -> set[str]:
+    rows = await connection.fetch(
+        "SELECT f.id FROM files f JOIN jobs j ON j.id = f.job_id"
+        " WHERE f.id = ANY($1::uuid[]) AND f.status IN ('pending', 'downloading')"
+        " AND j.finished_at IS NULL FOR UPDATE OF f SKIP LOCKED",
+        file_ids,
+    )
+    return {str(row["id"]) for row in rows}
+
+
+def _queued_download(row: asyncpg.Record) -> QueuedCommand:
+    command = DownloadFile(
+        job_id=JobId(str(row["job_id"])),
+        file_id=FileId(str(row["id"])),
+        user_id=UserId(str(row["user_id"])),
+        url=row["url"],
+        filename=row["requested_name"],
+        sha256=row["expected_sha256"],
+        priority=row["priority"],
+    )
+    return QueuedCommand(
+        subject_id=command.file_id,
+        key=DOWNLOADS.key(command.file_id),
+        stream=download_stream(lane_for(command.priority)),
+        body=ENCODER.encode(command),
+        file_id=command.file_id,
+    )
+
+
+# A download's key is its bare file id: the live markers already in Redis carry that name.
+DOWNLOADS = CommandKind(
+    name="download",
+    key_prefix="",
+    sent=_downloads_sent,
+    still_open=_downloads_open,
+    stale=_downloads_stale,
+)
 
 
 class TimedOutJob(msgspec.Struct, frozen=True, kw_only=True):
     job_id: JobId
     timeout_s: int
-
-
-async def pending_without_unsent_row(
-    connection: asyncpg.Connection, *, after: FileId | None, limit: int
-) -> list[OpenFile]:
-    """Pending files of unfinished jobs with no outbox row waiting, in file-id order after `after`.
-
-    Their command left through the relay, so it is live in Redis unless Redis lost it.
-    """
-    rows = await connection.fetch(
-        f"SELECT {_COMMAND_COLUMNS} FROM files f JOIN jobs j ON j.id = f.job_id"
-        " WHERE f.status = 'pending' AND j.finished_at IS NULL"
-        " AND ($1::uuid IS NULL OR f.id > $1)"
-        " AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.file_id = f.id AND o.sent_at IS NULL)"
-        " ORDER BY f.id LIMIT $2",
-        after,
-        limit,
-    )
-    return [_open_file(row) for row in rows]
-
-
-async def stale_downloads(
-    connection: asyncpg.Connection, *, stale_s: float, limit: int
-) -> list[OpenFile]:
-    """Downloading files with no event for `stale_s` and not re-published within it either."""
-    rows = await connection.fetch(
-        f"SELECT {_COMMAND_COLUMNS} FROM files f JOIN jobs j ON j.id = f.job_id"
-        " WHERE f.status = 'downloading' AND j.finished_at IS NULL"
-        " AND f.updated_at < now() - make_interval(secs => $1)"
-        # A row written within the window is our own earlier re-publish still on its way (a
-        # deep lane can hold it for long): publishing on every pass would pile up duplicates.
-        " AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.file_id = f.id"
-        "   AND (o.sent_at IS NULL OR o.created_at > now() - make_interval(secs => $1)))"
-        " ORDER BY f.updated_at LIMIT $2",
-        stale_s,
-        limit,
-    )
-    return [_open_file(row) for row in rows]
-
-
-async def republish(
-    connection: asyncpg.Connection, files: Sequence[OpenFile], *, headers: dict[str, str]
-) -> int:
-    """Queue the command of each file that is still open and has no row waiting; returns how many.
-
-    The conditions are checked again here, so a file that moved on since it was read is skipped.
-    """
-    if not files:
-        return 0
-    result = await connection.execute(
-        "INSERT INTO outbox (stream, body, headers, file_id)"
-        " SELECT u.stream, u.body, $4::jsonb, u.file_id"
-        " FROM unnest($1::text[], $2::bytea[], $3::uuid[]) WITH ORDINALITY"
-        "   AS u(stream, body, file_id, n)"
-        " JOIN files f ON f.id = u.file_id JOIN jobs j ON j.id = f.job_id"
-        " WHERE f.status IN ('pending', 'downloading') AND j.finished_at IS NULL"
-        " AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.file_id = f.id AND o.sent_at IS NULL)"
-        " ORDER BY u.n",
-        [file.stream for file in files],
-        [ENCODER.encode(file.command) for file in files],
-        [file.command.file_id for file in files],
-        headers,
-    )
-    return int(result.rsplit(" ", 1)[-1])
 
 
 # Still unfinished and past its timeout, counted from its creation or its last re-drive.
@@ -808,20 +921,6 @@ async def fail_open_files(connection: asyncpg.Connection, job_id: JobId, error: 
         "UPDATE jobs SET error = $2, updated_at = now() WHERE id = $1", job_id, error
     )
     return int(result.rsplit(" ", 1)[-1])
-
-
-def _open_file(row: asyncpg.Record) -> OpenFile:
-    return OpenFile(
-        command=DownloadFile(
-            job_id=JobId(str(row["job_id"])),
-            file_id=FileId(str(row["id"])),
-            user_id=UserId(str(row["user_id"])),
-            url=row["url"],
-            filename=row["requested_name"],
-            sha256=row["expected_sha256"],
-            priority=row["priority"],
-        )
-    )
 
 
 # --- re-driving dead letters ----------------------------------------------------------------
@@ -874,7 +973,14 @@ async def reopen_for_redrive(
             command.job_id,
             status in FINAL_JOB_STATUSES,
         )
-        await add_to_outbox(connection, stream, body, headers=headers, file_id=command.file_id)
+        await add_to_outbox(
+            connection,
+            stream,
+            body,
+            headers=headers,
+            command_key=DOWNLOADS.key(command.file_id),
+            file_id=command.file_id,
+        )
 
 
 # --- processing: progress, artifacts and composites as the API shows them --------------------

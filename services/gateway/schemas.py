@@ -19,6 +19,12 @@ from services.gateway.statuses import FileStatus, JobStatus
 
 MAX_FILES_PER_JOB = 10_000
 ALLOWED_SCHEMES = frozenset({"http", "https"})
+# `metadata` is stored as jsonb and served back in every status and listing: bounded so that
+# whatever is accepted can always be encoded again (deep nesting exhausts the stack).
+MAX_METADATA_DEPTH = 32
+MAX_METADATA_BYTES = 64 * 1024
+# Listing offsets are PostgreSQL bigints and Redis counts; no one pages this far.
+MAX_PAGE = 1_000_000
 
 Url = Annotated[str, msgspec.Meta(min_length=1, max_length=8192)]
 Filename = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
@@ -80,7 +86,15 @@ class SubmitRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_
     urls: Annotated[list[Url], msgspec.Meta(max_length=MAX_FILES_PER_JOB)] = []
     files: Annotated[list[FileRequest], msgspec.Meta(max_length=MAX_FILES_PER_JOB)] = []
     priority: Priority = 5
-    metadata: dict[str, Any] = {}
+    metadata: Annotated[
+        dict[str, Any],
+        msgspec.Meta(
+            description=(
+                f"free-form JSON kept with the job: at most {MAX_METADATA_DEPTH} levels deep and "
+                f"{MAX_METADATA_BYTES} bytes encoded, no NUL characters"
+            )
+        ),
+    ] = {}
     process: list[ProcessStep] | None = None
     composites: list[CompositeRequest] | None = None
     export: ExportRequest | None = None
@@ -96,17 +110,24 @@ class SubmitRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_
             raise ValueError(
                 f"urls, files: at most {MAX_FILES_PER_JOB} URLs per job in total, got {total}"
             )
-        for index, url in enumerate(self.urls):
-            if problem := url_problem(url):
-                raise ValueError(f"urls[{index}]: {problem}")
-        for index, file in enumerate(self.files):
-            if problem := url_problem(file.url):
-                raise ValueError(f"files[{index}].url: {problem}")
+        if problem := self._files_problem() or metadata_problem(self.metadata):
+            raise ValueError(problem)
         if self.composites:
             requested = self.requested_files()
             for index, composite in enumerate(self.composites):
                 if problem := composite_problem(composite, requested):
                     raise ValueError(f"composites[{index}].{problem}")
+
+    def _files_problem(self) -> str | None:
+        for index, url in enumerate(self.urls):
+            if problem := url_problem(url):
+                return f"urls[{index}]: {problem}"
+        for index, file in enumerate(self.files):
+            if problem := url_problem(file.url):
+                return f"files[{index}].url: {problem}"
+            if file.filename is not None and _NUL in file.filename:
+                return f"files[{index}].filename: {NUL_PROBLEM}"
+        return None
 
     def requested_files(self) -> list[FileRequest]:
         """Every file of the job in submission order: `urls` first, then `files`."""
@@ -119,6 +140,46 @@ class SubmitRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_
             for name in ("process", "composites", "export")
             if (value := getattr(self, name)) is not None
         }
+
+
+_NUL = "\x00"
+NUL_PROBLEM = "must not contain NUL (\\u0000) characters"
+
+
+def metadata_problem(metadata: dict[str, Any]) -> str | None:
+    """Why `metadata` cannot be stored and served back (field path first), or None."""
+    # Walked with a stack, not recursion: the point is to refuse what is too deep to recurse.
+    # Every value and every character takes at least a byte of JSON, so the budget stops the
+    # walk of a huge value long before it is encoded.
+    budget = MAX_METADATA_BYTES
+    pending: list[tuple[Any, tuple[str | int, ...]]] = [(metadata, ())]
+    while pending and budget >= 0:
+        value, keys = pending.pop()
+        budget -= 1
+        if isinstance(value, str):
+            budget -= len(value)
+            if _NUL in value:
+                return f"{_json_path('metadata', keys)}: {NUL_PROBLEM}"
+        elif isinstance(value, dict | list):
+            if len(keys) >= MAX_METADATA_DEPTH:
+                where = _json_path("metadata", keys)
+                return f"metadata: nested deeper than {MAX_METADATA_DEPTH} levels (at {where})"
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, item in items:
+                if isinstance(key, str):
+                    budget -= len(key)
+                    if _NUL in key:
+                        return f"{_json_path('metadata', keys)}: key {key!r} {NUL_PROBLEM}"
+                pending.append((item, (*keys, key)))
+    size = len(msgspec.json.encode(metadata)) if budget >= 0 else None
+    if size is None or size > MAX_METADATA_BYTES:
+        measured = f"{size} bytes" if size is not None else "larger"
+        return f"metadata: {measured} as JSON; at most {MAX_METADATA_BYTES} bytes"
+    return None
+
+
+def _json_path(field: str, keys: Sequence[str | int]) -> str:
+    return field + "".join(f"[{key}]" if isinstance(key, int) else f".{key}" for key in keys)
 
 
 def url_problem(url: str) -> str | None:
@@ -237,6 +298,10 @@ class JobListResponse(msgspec.Struct, frozen=True, kw_only=True):
 
 class CancelRequest(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     reason: Annotated[str, msgspec.Meta(max_length=1000)] | None = None
+
+    def __post_init__(self) -> None:
+        if self.reason is not None and _NUL in self.reason:
+            raise ValueError(f"reason: {NUL_PROBLEM}")
 
 
 class CancelResponse(msgspec.Struct, frozen=True, kw_only=True):
@@ -440,6 +505,9 @@ def composite_problem(composite: CompositeRequest, files: Sequence[FileRequest])
         return f"bands: {', '.join(unknown)} is not a band of {composite.kind} ({', '.join(roles)})"
     named = [(file.url, file.filename) for file in files]
     for role in roles:
+        # A URL's last segment is percent-decoded, so `%00` there could match a NUL name.
+        if _NUL in composite.bands[role]:
+            return f"bands.{role}: {NUL_PROBLEM}"
         if match_band(composite.bands[role], named) is None:
             return (
                 f"bands.{role}: {composite.bands[role]!r} is no file of the job (name it by its"

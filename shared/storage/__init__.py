@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -11,6 +12,11 @@ if TYPE_CHECKING:
 
 class StorageError(Exception):
     """A storage operation failed, or a key is malformed."""
+
+
+class ObjectRefused(StorageError):
+    """Something is stored under a key, but not what this store wrote there: it sits behind a
+    symbolic link, is not a regular file, or has another size than its record says."""
 
 
 class PartWriter(Protocol):
@@ -70,11 +76,45 @@ class Storage(Protocol):
         """Bytes `start` to `end` (exclusive) of `key`."""
         ...
 
+    def open_verified(self, key: str, expected_size: int | None = None) -> BinaryIO:
+        """Open `key` for reading, only if it is an object this store wrote, of `expected_size`
+        bytes when that is given.
+
+        The one check every reader of a recorded object goes through: ObjectRefused when the
+        object is behind a symbolic link, not a regular file or of another size, StorageError
+        when it is missing. The open file reads the checked bytes even if the key is replaced
+        meanwhile. Blocking: call it from a worker thread.
+        """
+        ...
+
     async def delete(self, key: str) -> None: ...
 
     def local_path(self, key: str) -> Path | None:
         """The file behind `key` when the backend is a local folder, else None."""
         ...
+
+    def key_for_path(self, path: str) -> str | None:
+        """The key an absolute local file `path` names, or None when the path is not inside
+        this store (always None for a backend that is not a local folder)."""
+        ...
+
+
+async def read_open(
+    source: BinaryIO, start: int = 0, end: int | None = None, chunk_size: int = 1 << 20
+) -> AsyncIterator[bytes]:
+    """Bytes `start` to `end` (exclusive, None: to the end) of a file `open_verified` returned,
+    read in worker threads, so a file is never held in memory whole; closes it afterwards."""
+    with source:
+        await asyncio.to_thread(source.seek, start)
+        remaining = end - start if end is not None else None
+        while remaining is None or remaining > 0:
+            want = chunk_size if remaining is None else min(chunk_size, remaining)
+            chunk = await asyncio.to_thread(source.read, want)
+            if not chunk:
+                return
+            if remaining is not None:
+                remaining -= len(chunk)
+            yield chunk
 
 
 def open_storage(url: str) -> Storage:

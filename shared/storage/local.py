@@ -3,21 +3,67 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path, PurePosixPath
-from stat import S_ISREG
+from stat import S_ISDIR, S_ISLNK, S_ISREG
 from typing import BinaryIO
 
 import msgspec
 
-from shared.storage import StorageError
+from shared.storage import ObjectRefused, StorageError, read_open
 
 _PARTS = ".parts"
+# O_NOFOLLOW on each component, one at a time: a planted link anywhere on the way fails the
+# open instead of leading outside the root. O_NONBLOCK: a planted FIFO must not hang the open.
+_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+_OBJECT_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
 
 
 def _meta_path(part: Path) -> Path:
     return part.with_name(part.name + ".meta")
+
+
+def _open_in(folder: int, name: str, flags: int, key: str) -> int:
+    """Open `name` inside the open `folder` without following a link; closes `folder`."""
+    try:
+        return os.open(name, flags, dir_fd=folder)
+    except OSError as exc:
+        if _is_link(folder, name):
+            raise ObjectRefused(f"stored object {key!r} is behind a symbolic link") from None
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise StorageError(f"no object {key!r}") from None
+        raise StorageError(f"cannot open stored object {key!r}: {exc.strerror}") from None
+    finally:
+        os.close(folder)
+
+
+def _is_link(folder: int, name: str) -> bool:
+    try:
+        return S_ISLNK(os.stat(name, dir_fd=folder, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+
+
+def _checked(fd: int, key: str, expected_size: int | None) -> BinaryIO:
+    """The open object as a file, once it is a regular file of the expected size."""
+    try:
+        info = os.fstat(fd)
+        if S_ISDIR(info.st_mode):  # a folder is a key prefix, not an object
+            raise StorageError(f"no object {key!r}")
+        if not S_ISREG(info.st_mode):
+            raise ObjectRefused(f"stored object {key!r} is not a regular file")
+        # Catches a hard link planted in place of the object, unless it has the very same size.
+        if expected_size is not None and info.st_size != expected_size:
+            raise ObjectRefused(
+                f"stored object {key!r} has {info.st_size} bytes, its record says {expected_size}"
+            )
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return open(fd, "rb")
 
 
 def _safe_key(key: str) -> PurePosixPath:
@@ -139,37 +185,52 @@ class LocalStorage:
         _meta_path(path).unlink(missing_ok=True)
 
     async def exists(self, key: str) -> bool:
-        return self._path(key).is_file()
+        _safe_key(key)  # a malformed key is an error, not a missing object
+        try:
+            await self.size(key)
+        except StorageError:
+            return False
+        return True
 
     async def size(self, key: str) -> int:
+        return await asyncio.to_thread(self._size, key)
+
+    def _size(self, key: str) -> int:
+        with self.open_verified(key) as source:
+            return os.fstat(source.fileno()).st_size
+
+    def open_verified(self, key: str, expected_size: int | None = None) -> BinaryIO:
+        *folders, name = _safe_key(key).parts
         try:
-            stat = self._path(key).stat()
-        except FileNotFoundError:
-            raise StorageError(f"no object {key!r}") from None
-        if not S_ISREG(stat.st_mode):  # a folder is a key prefix, not an object
-            raise StorageError(f"no object {key!r}")
-        return stat.st_size
+            # The root was resolved at start; everything below it is walked without following.
+            fd = os.open(self.root, _FOLDER_FLAGS)
+        except OSError as exc:
+            raise StorageError(f"storage root {self.root}: {exc.strerror}") from None
+        for folder in folders:
+            fd = _open_in(fd, folder, _FOLDER_FLAGS, key)
+        return _checked(_open_in(fd, name, _OBJECT_FLAGS, key), key, expected_size)
 
     async def read(
         self, key: str, start: int = 0, end: int | None = None, chunk_size: int = 1 << 20
     ) -> AsyncIterator[bytes]:
-        path = self._path(key)
-        try:
-            source = path.open("rb")
-        except (FileNotFoundError, IsADirectoryError):
-            raise StorageError(f"no object {key!r}") from None
-        with source:
-            source.seek(start)
-            remaining = (end if end is not None else path.stat().st_size) - start
-            while remaining > 0:
-                chunk = await asyncio.to_thread(source.read, min(chunk_size, remaining))
-                if not chunk:
-                    break
-                remaining -= len(chunk)
-                yield chunk
+        source = await asyncio.to_thread(self.open_verified, key)
+        async for chunk in read_open(source, start, end, chunk_size):
+            yield chunk
 
     async def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
 
     def local_path(self, key: str) -> Path:
         return self._path(key)
+
+    def key_for_path(self, path: str) -> str | None:
+        # Lexical only: a link on the way is refused when the object is opened.
+        pure = PurePosixPath(path)
+        if not pure.is_absolute() or not pure.is_relative_to(self.root):
+            return None
+        key = pure.relative_to(self.root).as_posix()
+        try:
+            _safe_key(key)
+        except StorageError:
+            return None
+        return key

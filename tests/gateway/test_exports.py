@@ -648,7 +648,7 @@ async def test_artifacts_and_processing_metadata_join_their_files(
     thumb_id, metadata_id = uuid.uuid4(), uuid.uuid4()
     await pool.execute(
         "INSERT INTO artifacts (id, job_id, file_id, kind, filepath, size, sha256, metadata)"
-        " VALUES ($1, $3, $4, 'thumbnail', $5, 15, $6, NULL),"
+        " VALUES ($1, $3, $4, 'thumbnail', $5, 14, $6, NULL),"  # 14: the bytes above
         " ($2, $3, $4, 'metadata', NULL, 0, NULL, $7)",
         thumb_id,
         metadata_id,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,22 +14,43 @@ from redis.asyncio import Redis
 
 import shared
 from services.gateway.app import create_app
+from services.gateway.exports import EXPORTS, ExportRepository
+from services.gateway.processing import COMPOSITES, FILE_PROCESSING
 from services.gateway.reconciler import RECONCILE_LOCK, Reconciler
 from services.gateway.relay import OutboxRelay
+from services.gateway.repository import JobRepository, NewFile, NewJob, composite_key
 from services.gateway.tracker import project
 from shared.broker import create_broker
-from shared.events import COMMAND_DECODER, ENCODER, EVENT_DECODER, DownloadFile, JobFinished
-from shared.ids import FileId, JobId, UserId
+from shared.events import (
+    COMMAND_DECODER,
+    ENCODER,
+    EVENT_DECODER,
+    EXPORT_DECODER,
+    PROCESS_DECODER,
+    ArtifactCreated,
+    BuildComposite,
+    BuildExport,
+    CompositeFinished,
+    DownloadFile,
+    ExportProgress,
+    FileProcessed,
+    JobFinished,
+    ProcessFile,
+)
+from shared.ids import FileId, JobId, UserId, new_event_id
 from shared.postgres import migrate
+from shared.storage.local import LocalStorage
 from shared.streams import (
     CANCEL_CHANNEL,
     EVENTS_STREAM,
+    EXPORT_STREAM,
     GROUPS,
     TRACKER_GROUP,
     cancelled_key,
     download_stream,
     lane_for,
     live_key,
+    process_stream,
 )
 from tests.gateway.support import downloaded, eventually, started, stream_frames, submit_job
 from tests.gateway.support import user_id as make_user
@@ -38,7 +60,7 @@ if TYPE_CHECKING:
 
     from faststream.redis import RedisBroker
 
-    from shared.events import PipelineEvent
+    from shared.events import ArtifactKind, PipelineEvent
     from shared.settings import Settings
 
 LANE = download_stream(lane_for(5))
@@ -219,6 +241,261 @@ async def test_the_stale_window_follows_the_claim_idle_time(
     assert Reconciler(pool, redis, slow).stale_after_s == 180.0
 
 
+# --- every command kind: processing, composites, exports ---------------------------------------
+
+PROCESS_LANE = process_stream(lane_for(5))
+BAND_NAMES = ("B04.tif", "B08.tif", "notes.txt")
+NDVI = {"kind": "ndvi", "bands": {"red": "B04.tif", "nir": "B08.tif"}}
+
+
+@pytest.fixture
+async def processing(pool: asyncpg.Pool, relay: OutboxRelay) -> tuple[JobId, list[FileId]]:
+    """A job of three downloaded files whose processing (metadata of each file and an NDVI
+    composite of two of them) the relay has published."""
+    submitted = await JobRepository(pool).submit(
+        NewJob(
+            user_id=await make_user(pool, "alice"),
+            priority=5,
+            files=[NewFile(url=f"http://127.0.0.1:9/{name}") for name in BAND_NAMES],
+            options={"process": ["metadata"], "composites": [NDVI]},
+        ),
+        trace_headers={},
+    )
+    job_id = submitted.job_id
+    rows = await pool.fetch("SELECT id FROM files WHERE job_id = $1 ORDER BY position", job_id)
+    files = [FileId(str(row["id"])) for row in rows]
+    assert await relay.relay_once() == 3
+    for file_id, name in zip(files, BAND_NAMES, strict=True):
+        await _apply(pool, started(job_id, file_id), downloaded(job_id, file_id, name=name))
+    assert await relay.relay_once() == 4  # three ProcessFile, one BuildComposite
+    return job_id, files
+
+
+@pytest.fixture
+async def export_id(
+    pool: asyncpg.Pool,
+    redis: Redis,
+    relay: OutboxRelay,
+    settings: Settings,
+    job: tuple[JobId, list[FileId]],
+) -> str:
+    """An export of the job's three stored files, its BuildExport published by the relay."""
+    job_id, files = job
+    for file_id in files:
+        await _apply(pool, started(job_id, file_id), downloaded(job_id, file_id))
+    owner = UserId(str(await pool.fetchval("SELECT user_id FROM jobs WHERE id = $1", job_id)))
+    created = await ExportRepository(pool).create(
+        owner,
+        job_ids=[uuid.UUID(job_id)],
+        file_ids=[],
+        file_paths=[],
+        export_format="zip",
+        include_metadata=True,
+        storage=LocalStorage.from_url(settings.storage_url),
+        max_bytes=settings.max_export_size_bytes,
+    )
+    await relay.relay_once()
+    assert await redis.xlen(EXPORT_STREAM) == 1
+    return created.export_id
+
+
+def _artifact(
+    job_id: JobId,
+    kind: ArtifactKind,
+    *,
+    file_id: FileId | None = None,
+    composite_id: str | None = None,
+) -> ArtifactCreated:
+    return ArtifactCreated(
+        event_id=new_event_id(),
+        job_id=job_id,
+        at=time.time(),
+        artifact_id=str(uuid.uuid4()),
+        kind=kind,
+        file_id=file_id,
+        composite_id=composite_id,
+        metadata={"crs": "EPSG:32633"} if kind == "metadata" else None,
+    )
+
+
+async def _process_commands(redis: Redis) -> list[ProcessFile | BuildComposite]:
+    return [PROCESS_DECODER.decode(body) for body, _ in await stream_frames(redis, PROCESS_LANE)]
+
+
+async def test_a_flush_brings_back_queued_processing_and_composites(
+    pool: asyncpg.Pool,
+    redis: Redis,
+    relay: OutboxRelay,
+    reconciler: Reconciler,
+    woken: list[bool],
+    processing: tuple[JobId, list[FileId]],
+) -> None:
+    _job_id, files = processing
+    before = await stream_frames(redis, PROCESS_LANE)
+
+    await redis.flushdb()
+    report = await reconciler.reconcile_once()
+
+    assert report.republished_lost == 4
+    assert woken
+    assert await relay.relay_once() == 4
+    after = await stream_frames(redis, PROCESS_LANE)
+    # The same commands, byte for byte: a ProcessFile per file and the composite.
+    assert sorted(body for body, _ in after) == sorted(body for body, _ in before)
+    commands = await _process_commands(redis)
+    assert sorted(c.file_id for c in commands if isinstance(c, ProcessFile)) == sorted(files)
+    assert [c.kind for c in commands if isinstance(c, BuildComposite)] == ["ndvi"]
+    # Their markers came back with them: the next pass finds nothing lost.
+    assert (await reconciler.reconcile_once()).republished_lost == 0
+
+
+async def test_finished_processing_is_not_published_again(
+    pool: asyncpg.Pool,
+    redis: Redis,
+    reconciler: Reconciler,
+    processing: tuple[JobId, list[FileId]],
+) -> None:
+    job_id, files = processing
+    composite = composite_key(job_id, 0)
+    # The first file's processing and the composite completed; the other two are queued.
+    await _apply(
+        pool,
+        _artifact(job_id, "metadata", file_id=files[0]),
+        FileProcessed(event_id=new_event_id(), job_id=job_id, at=time.time(), file_id=files[0]),
+        _artifact(job_id, "ndvi", composite_id=composite),
+        CompositeFinished(
+            event_id=new_event_id(), job_id=job_id, at=time.time(), composite_id=composite
+        ),
+    )
+    assert (await _row(pool, "composites", composite))["status"] == "completed"
+
+    await redis.flushdb()
+    report = await reconciler.reconcile_once()
+
+    assert report.republished_lost == 2
+    queued = [PROCESS_DECODER.decode(row["body"]) for row in await _unsent(pool)]
+    assert sorted(c.file_id for c in queued if isinstance(c, ProcessFile)) == sorted(files[1:])
+    assert not [c for c in queued if isinstance(c, BuildComposite)]
+
+
+async def test_processing_and_exports_whose_markers_exist_are_left_alone(
+    pool: asyncpg.Pool,
+    redis: Redis,
+    reconciler: Reconciler,
+    woken: list[bool],
+    export_id: str,
+    processing: tuple[JobId, list[FileId]],
+) -> None:
+    # Queued and published: a ProcessFile per file, a BuildComposite and a BuildExport.
+    assert await redis.xlen(PROCESS_LANE) == 4
+    assert await redis.xlen(EXPORT_STREAM) == 1
+
+    report = await reconciler.reconcile_once()
+
+    assert report.republished_lost == 0
+    assert report.republished_stale == 0
+    assert await _unsent(pool) == []
+    assert not woken
+
+
+async def test_one_lost_processing_command_is_published_again_alone(
+    pool: asyncpg.Pool,
+    redis: Redis,
+    reconciler: Reconciler,
+    processing: tuple[JobId, list[FileId]],
+) -> None:
+    _job_id, files = processing
+    # AOF lost its last second for one command only: its marker went with it.
+    await redis.delete(live_key(FILE_PROCESSING.key(files[2])))
+
+    report = await reconciler.reconcile_once()
+
+    assert report.lost == {"download": 0, "process": 1, "composite": 0, "export": 0}
+    (row,) = await _unsent(pool)
+    command = PROCESS_DECODER.decode(row["body"])
+    assert isinstance(command, ProcessFile)
+    assert command.file_id == files[2]
+    assert row["command_key"] == FILE_PROCESSING.key(files[2])
+    assert row["file_id"] is None  # file_id names download commands only
+
+
+async def test_processing_of_an_ended_job_is_not_published_again(
+    pool: asyncpg.Pool,
+    redis: Redis,
+    reconciler: Reconciler,
+    processing: tuple[JobId, list[FileId]],
+) -> None:
+    await pool.execute("UPDATE jobs SET status = 'cancelled', finished_at = now()")
+    await redis.flushdb()
+
+    assert (await reconciler.reconcile_once()).republished_lost == 0
+    assert await _unsent(pool) == []
+
+
+async def test_a_flush_brings_back_an_accepted_export(
+    pool: asyncpg.Pool,
+    redis: Redis,
+    relay: OutboxRelay,
+    reconciler: Reconciler,
+    export_id: str,
+) -> None:
+    (before,) = await stream_frames(redis, EXPORT_STREAM)
+
+    await redis.flushdb()
+    report = await reconciler.reconcile_once()
+
+    assert report.republished_lost == 1
+    assert await relay.relay_once() == 1
+    (after,) = await stream_frames(redis, EXPORT_STREAM)
+    assert after[0] == before[0]  # the same items, byte for byte
+    assert EXPORT_DECODER.decode(after[0]).export_id == export_id
+    assert (await reconciler.reconcile_once()).republished_lost == 0
+
+
+@pytest.mark.parametrize("status", ["ready", "failed", "cancelled"])
+async def test_an_ended_export_is_not_published_again(
+    pool: asyncpg.Pool, redis: Redis, reconciler: Reconciler, export_id: str, status: str
+) -> None:
+    await pool.execute("UPDATE exports SET status = $2 WHERE id = $1", export_id, status)
+    await redis.flushdb()
+
+    assert (await reconciler.reconcile_once()).republished_lost == 0
+    assert await _unsent(pool) == []
+
+
+async def test_a_stale_building_export_is_published_again_once_per_window(
+    pool: asyncpg.Pool,
+    redis: Redis,
+    relay: OutboxRelay,
+    reconciler: Reconciler,
+    export_id: str,
+) -> None:
+    await _apply(
+        pool,
+        ExportProgress(
+            event_id=new_event_id(),
+            export_id=export_id,
+            at=time.time(),
+            files_done=1,
+            bytes_done=10,
+        ),
+    )
+    # Building, then silent for longer than the window: its command or its events were lost.
+    await pool.execute(
+        "UPDATE exports SET updated_at = now() - make_interval(secs => $1)",
+        reconciler.stale_after_s + 5,
+    )
+    await pool.execute("UPDATE outbox SET created_at = now() - interval '1 hour'")
+
+    first = await reconciler.reconcile_once()
+    await relay.relay_once()
+    second = await reconciler.reconcile_once()
+
+    assert (first.republished_stale, first.republished_lost) == (1, 0)
+    assert await redis.xlen(EXPORT_STREAM) == 2
+    assert second.republished_stale == 0
+
+
 # --- job timeout ----------------------------------------------------------------------------
 
 
@@ -396,3 +673,72 @@ async def test_rows_queued_before_the_upgrade_keep_their_file(empty_database_url
     finally:
         await connection.close()
     assert [row["file_id"] for row in rows] == [file_id, None, None]
+
+
+async def test_rows_queued_before_the_upgrade_keep_their_command_key(
+    empty_database_url: str,
+) -> None:
+    """Migration 0006 names the work of every unsent command row, and keeps each open export's
+    command on its row, so nothing queued before the upgrade is taken for lost."""
+    folder = Path(shared.__file__).parent / "migrations"
+    earlier = sorted(p for p in folder.glob("*.sql") if p.name < "0006")
+    user, job, file_id, composite, export = (uuid.uuid4() for _ in range(5))
+    owner, job_id, file = UserId(str(user)), JobId(str(job)), FileId(str(file_id))
+    download = DownloadFile(job_id=job_id, file_id=file, user_id=owner, url="http://127.0.0.1:9/a")
+    process = ProcessFile(
+        job_id=job_id, file_id=file, user_id=owner, filepath="k", filename="n", steps=()
+    )
+    build = BuildComposite(
+        job_id=job_id, composite_id=str(composite), user_id=owner, kind="ndvi", bands={}
+    )
+    export_body = ENCODER.encode(BuildExport(export_id=str(export), user_id=owner, format="zip"))
+    connection = await asyncpg.connect(empty_database_url)
+    try:
+        # The database as 0005 left it, with work of every kind still in its outbox.
+        for path in earlier:
+            await connection.execute(path.read_text())
+        await connection.execute(
+            "CREATE TABLE schema_migrations (version text PRIMARY KEY,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        await connection.execute(
+            "INSERT INTO schema_migrations (version) SELECT unnest($1::text[])",
+            [path.stem for path in earlier],
+        )
+        await connection.execute("INSERT INTO users (id, name) VALUES ($1, 'alice')", user)
+        await connection.execute(
+            "INSERT INTO exports (id, user_id, format, include_metadata, file_count, total_bytes)"
+            " VALUES ($1, $2, 'zip', true, 0, 0)",
+            export,
+            user,
+        )
+        await connection.execute(
+            "INSERT INTO outbox (stream, body, file_id) VALUES"
+            " ($1, $2, $3), ($4, $5, NULL), ($4, $6, NULL), ($7, $8, NULL), ($9, '{}', NULL)",
+            LANE,
+            ENCODER.encode(download),
+            file_id,
+            PROCESS_LANE,
+            ENCODER.encode(process),
+            ENCODER.encode(build),
+            EXPORT_STREAM,
+            export_body,
+            EVENTS_STREAM,
+        )
+
+        assert await migrate(empty_database_url) == ["0006_reconciled_commands"]
+
+        keys = [
+            r["command_key"] for r in await connection.fetch("SELECT * FROM outbox ORDER BY id")
+        ]
+        command = await connection.fetchval("SELECT command FROM exports WHERE id = $1", export)
+    finally:
+        await connection.close()
+    assert keys == [
+        file,
+        FILE_PROCESSING.key(file),
+        COMPOSITES.key(str(composite)),
+        EXPORTS.key(str(export)),
+        None,
+    ]
+    assert command == export_body

@@ -12,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
 from services.gateway import history
+from services.gateway.errors import InvalidRequest
 from services.gateway.live import job_event_stream, parse_last_event_id
 from shared.streams import DEAD_STREAM, GROUPS
 from tests.gateway.support import downloaded, progress, started, submit_job, user_id
@@ -217,11 +218,15 @@ async def test_a_stream_of_a_job_that_ended_without_a_log_ends(pool: asyncpg.Poo
     assert [m.event for m in messages if m.event] == []
 
 
-@pytest.mark.parametrize(
-    ("header", "expected"), [(None, None), ("17", 17), (" 3 ", 3), ("abc", None), ("-1", None)]
-)
-def test_last_event_id_is_a_number_or_ignored(header: str | None, expected: int | None) -> None:
+@pytest.mark.parametrize(("header", "expected"), [(None, None), ("", None), ("17", 17), (" 3 ", 3)])
+def test_last_event_id_is_a_number_or_absent(header: str | None, expected: int | None) -> None:
     assert parse_last_event_id(header) == expected
+
+
+@pytest.mark.parametrize("header", ["abc", "-1", str(2**63)])
+def test_a_last_event_id_that_is_no_event_id_is_refused(header: str) -> None:
+    with pytest.raises(InvalidRequest, match="Last-Event-ID"):
+        parse_last_event_id(header)
 
 
 async def test_the_openapi_document_describes_the_new_routes(

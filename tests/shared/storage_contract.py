@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from shared.storage import StorageError
+from shared.storage import ObjectRefused, StorageError, read_open
 
 if TYPE_CHECKING:
     from shared.storage import PartWriter, Storage
@@ -239,6 +239,63 @@ class StorageContract:
             await storage.size("user-1/job-1")
         with pytest.raises(StorageError):
             await read_all(storage, "user-1/job-1")
+
+    # -- verified opening ------------------------------------------------------------------
+
+    async def test_open_verified_reads_the_object(self, storage: Storage) -> None:
+        await self.store(storage, KEY, b"0123456789")
+        with await asyncio.to_thread(storage.open_verified, KEY, 10) as source:
+            assert source.read() == b"0123456789"
+        unchecked = await asyncio.to_thread(storage.open_verified, KEY)
+        assert b"".join([c async for c in read_open(unchecked, 2, 5)]) == b"234"
+
+    @pytest.mark.parametrize("expected_size", [0, 9, 11])
+    async def test_open_verified_refuses_another_size(
+        self, storage: Storage, expected_size: int
+    ) -> None:
+        await self.store(storage, KEY, b"0123456789")
+        with pytest.raises(ObjectRefused, match="10 bytes"):
+            await asyncio.to_thread(storage.open_verified, KEY, expected_size)
+
+    async def test_open_verified_of_a_missing_key_or_prefix_is_not_a_refusal(
+        self, storage: Storage
+    ) -> None:
+        await self.store(storage, KEY, b"data")
+        for key in ("user-1/job-1/missing.tif", "user-1/job-1", "user-1/job-1/scene.tif/x"):
+            with pytest.raises(StorageError, match="no object") as raised:
+                await asyncio.to_thread(storage.open_verified, key, 4)
+            assert not isinstance(raised.value, ObjectRefused), key
+
+    @pytest.mark.parametrize("key", INVALID_KEYS)
+    async def test_open_verified_refuses_invalid_keys(self, storage: Storage, key: str) -> None:
+        with pytest.raises(StorageError):
+            await asyncio.to_thread(storage.open_verified, key)
+
+    async def test_an_open_object_keeps_the_checked_bytes_when_replaced(
+        self, storage: Storage
+    ) -> None:
+        await self.store(storage, KEY, b"checked")
+        source = await asyncio.to_thread(storage.open_verified, KEY, 7)
+        await self.store(storage, KEY, b"swapped in later")
+        assert b"".join([chunk async for chunk in read_open(source, chunk_size=3)]) == b"checked"
+        assert source.closed
+
+    async def test_read_open_reads_a_range_in_chunks(self, storage: Storage) -> None:
+        data = bytes(range(256)) * 5
+        await self.store(storage, KEY, data)
+        source = await asyncio.to_thread(storage.open_verified, KEY, len(data))
+        chunks = [chunk async for chunk in read_open(source, 10, 1000, chunk_size=128)]
+        assert b"".join(chunks) == data[10:1000]
+        assert max(len(chunk) for chunk in chunks) == 128
+
+    async def test_key_for_path_names_only_paths_inside_the_store(self, storage: Storage) -> None:
+        await self.store(storage, KEY, b"data")
+        assert storage.key_for_path("/nowhere-near/user-1/job-1/scene.tif") is None
+        assert storage.key_for_path("user-1/job-1/scene.tif") is None  # not absolute
+        local = storage.local_path(KEY)
+        if local is not None:  # a local folder: its own paths map back to their keys
+            assert storage.key_for_path(str(local)) == KEY
+            assert storage.key_for_path(str(local.parent / ".." / "x")) is None
 
     # -- keys ------------------------------------------------------------------------------
 

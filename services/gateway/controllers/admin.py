@@ -13,9 +13,12 @@ from redis.asyncio import Redis
 
 from services.gateway import dead_letters
 from services.gateway.auth import admin_guard
+from services.gateway.controllers.responses import errors
 from services.gateway.relay import OutboxRelay
 from services.gateway.resources import provide_broker, provide_pool, provide_redis, provide_relay
-from services.gateway.schemas import DeadLetterListResponse, RetryResponse
+from services.gateway.schemas import MAX_PAGE, DeadLetterListResponse, RetryResponse
+
+_ADMINS_ONLY = {403: "the caller is not an admin"}
 
 
 class AdminController(Controller):
@@ -23,7 +26,6 @@ class AdminController(Controller):
 
     path = "/"
     tags = ["admin"]  # noqa: RUF012 - Litestar reads this class attribute as is
-    guards = [admin_guard]  # noqa: RUF012
     dependencies = {  # noqa: RUF012
         "redis": Provide(provide_redis, sync_to_thread=False),
         "broker": Provide(provide_broker, sync_to_thread=False),
@@ -37,18 +39,30 @@ class AdminController(Controller):
         "OutboxRelay": OutboxRelay,
     }
 
-    @get("/dead-letters")
+    # The guard sits on each handler: a controller's guards also run for the OPTIONS answer
+    # Litestar adds, which authentication lets through without a user (the guard then 500s).
+    @get("/dead-letters", guards=[admin_guard], responses=errors(400, 403, meaning=_ADMINS_ONLY))
     async def list_dead_letters(
         self,
         *,
         redis: NamedDependency[Redis],
-        page: Annotated[int, QueryParameter(ge=1)] = 1,
+        page: Annotated[int, QueryParameter(ge=1, le=MAX_PAGE)] = 1,
         per_page: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
     ) -> DeadLetterListResponse:
         """Entries of the dead-letter stream, newest first."""
         return await dead_letters.list_letters(redis, page=page, per_page=per_page)
 
-    @post("/dead-letters/{letter_id:str}/retry", status_code=202)
+    @post(
+        "/dead-letters/{letter_id:str}/retry",
+        status_code=202,
+        guards=[admin_guard],
+        responses=errors(
+            403,
+            404,
+            409,
+            meaning={**_ADMINS_ONLY, 409: "the letter's work may not run again (cancelled job)"},
+        ),
+    )
     async def retry_dead_letter(
         self,
         *,

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import re
-from typing import Annotated
-from urllib.parse import quote
+import asyncio
+import io
+import logging
+from typing import TYPE_CHECKING, Annotated, BinaryIO
 from uuid import UUID
 
 from asyncpg import Pool
@@ -23,8 +24,10 @@ from redis.asyncio import Redis
 
 from services.gateway import history
 from services.gateway.cancellation import announce_cancel
+from services.gateway.controllers.responses import PARTIAL, errors
+from services.gateway.disposition import attachment
 from services.gateway.errors import FileNotFound, InvalidRequest, JobNotFound
-from services.gateway.live import draining, job_event_stream, parse_last_event_id
+from services.gateway.live import MAX_EVENT_ID, draining, job_event_stream, parse_last_event_id
 from services.gateway.ranges import parse_range
 from services.gateway.relay import OutboxRelay, trace_headers
 from services.gateway.repository import JobRepository, NewFile, NewJob, User
@@ -37,6 +40,7 @@ from services.gateway.resources import (
     provide_storage,
 )
 from services.gateway.schemas import (
+    MAX_PAGE,
     CancelRequest,
     CancelResponse,
     JobListResponse,
@@ -48,9 +52,15 @@ from services.gateway.schemas import (
 from services.gateway.statuses import JobStatus
 from shared.ids import FileId, JobId
 from shared.settings import Settings
-from shared.storage import Storage, StorageError
+from shared.storage import ObjectRefused, Storage, StorageError, read_open
+
+if TYPE_CHECKING:
+    from services.gateway.repository import StoredFile
+
+log = logging.getLogger(__name__)
 
 _SECONDS_PER_DAY = 86_400
+_ENDED = {409: "the job already ended"}
 
 
 class DownloadsController(Controller):
@@ -76,7 +86,12 @@ class DownloadsController(Controller):
         "User": User,
     }
 
-    @post("/download", status_code=202, request_max_body_size=32 * 1024 * 1024)
+    @post(
+        "/download",
+        status_code=202,
+        request_max_body_size=32 * 1024 * 1024,
+        responses=errors(400, 413),
+    )
     async def submit(
         self,
         *,
@@ -90,6 +105,8 @@ class DownloadsController(Controller):
                 name="Idempotency-Key",
                 min_length=1,
                 max_length=255,
+                # Stored in a text column: NUL is refused there, control characters are noise.
+                pattern=r"^[^\x00-\x1f\x7f]+$",
                 description="same key, same user: the job of the first request is returned",
             ),
         ] = None,
@@ -126,7 +143,7 @@ class DownloadsController(Controller):
             message=message,
         )
 
-    @get("/jobs")
+    @get("/jobs", responses=errors(400))
     async def list_jobs(
         self,
         *,
@@ -136,7 +153,7 @@ class DownloadsController(Controller):
             str | None,
             QueryParameter(description=f"one of {', '.join(JobStatus)}; empty for all"),
         ] = None,
-        page: Annotated[int, QueryParameter(ge=1)] = 1,
+        page: Annotated[int, QueryParameter(ge=1, le=MAX_PAGE)] = 1,
         per_page: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
     ) -> JobListResponse:
         """The caller's jobs, newest first."""
@@ -152,7 +169,7 @@ class DownloadsController(Controller):
             current_user.id, status=status, page=page, per_page=per_page
         )
 
-    @get("/jobs/{job_id:uuid}")
+    @get("/jobs/{job_id:uuid}", responses=errors(400, 404))
     async def job_status(
         self,
         *,
@@ -163,7 +180,7 @@ class DownloadsController(Controller):
         """Status and progress of one job."""
         return await repository.job_status(current_user.id, JobId(str(job_id)))
 
-    @get("/jobs/{job_id:uuid}/result")
+    @get("/jobs/{job_id:uuid}/result", responses=errors(400, 404))
     async def job_result(
         self,
         *,
@@ -174,7 +191,11 @@ class DownloadsController(Controller):
         """Every file of the job with where it is stored, its size and hash."""
         return await repository.job_result(current_user.id, JobId(str(job_id)))
 
-    @post("/jobs/{job_id:uuid}/cancel", status_code=200)
+    @post(
+        "/jobs/{job_id:uuid}/cancel",
+        status_code=200,
+        responses=errors(400, 404, 409, 413, meaning=_ENDED),
+    )
     async def cancel(
         self,
         *,
@@ -198,7 +219,7 @@ class DownloadsController(Controller):
         await announce_cancel(redis, job, ttl_s=settings.retention_days * _SECONDS_PER_DAY)
         return CancelResponse(job_id=job, status=JobStatus.CANCELLED)
 
-    @get("/jobs/{job_id:uuid}/events")
+    @get("/jobs/{job_id:uuid}/events", responses=errors(400, 404))
     async def job_events(
         self,
         *,
@@ -210,13 +231,17 @@ class DownloadsController(Controller):
             str | None,
             HeaderParameter(
                 name="Last-Event-ID",
-                description="resume after this event id (EventSource sends it on reconnect)",
+                description=(
+                    f"resume after this event id, 0 to {MAX_EVENT_ID} (EventSource sends it on "
+                    "reconnect); anything else answers 400"
+                ),
             ),
         ] = None,
         after: Annotated[
             int | None,
             QueryParameter(
                 ge=0,
+                le=MAX_EVENT_ID,
                 description="resume after this event id (for clients without "
                 "headers); Last-Event-ID wins",
             ),
@@ -242,7 +267,7 @@ class DownloadsController(Controller):
             )
         )
 
-    @get("/files/{file_id:uuid}")
+    @get("/files/{file_id:uuid}", responses={206: PARTIAL, **errors(400, 404, 416)})
     async def download_file(
         self,
         *,
@@ -254,19 +279,26 @@ class DownloadsController(Controller):
         range_header: Annotated[str | None, HeaderParameter(name="Range")] = None,
         if_range: Annotated[str | None, HeaderParameter(name="If-Range")] = None,
     ) -> Stream:
-        """The stored bytes of a downloaded file; a single `Range` answers 206."""
+        """The stored bytes of a downloaded file; a single `Range` answers 206.
+
+        Only a regular file under the storage root with the recorded size is served: a stored
+        object swapped for a symbolic link, a link on its way, a hard link of another size or
+        a file changed since the download answers 404 "no longer in storage", as a deleted one
+        does, since the bytes the record describes are gone (the reason is logged).
+        """
         stored = await repository.stored_file(current_user.id, FileId(str(file_id)))
+        source = await _open_stored(storage, stored)
         try:
-            size = await storage.size(stored.filepath)
-        except StorageError:
-            raise FileNotFound(stored.file_id, "is no longer in storage") from None
-        etag = f'"{stored.sha256}"' if stored.sha256 else None
-        # If-Range: honour the range only while the client's copy is still the stored one.
-        wanted = parse_range(range_header, size) if if_range in (None, etag) else None
-        headers = {
-            "Accept-Ranges": "bytes",
-            "Content-Disposition": _attachment(stored.filename),
-        }
+            size = stored.size
+            if size is None:  # no recorded size to check against: the checked file has one
+                size = await asyncio.to_thread(source.seek, 0, io.SEEK_END)
+            etag = f'"{stored.sha256}"' if stored.sha256 else None
+            # If-Range: honour the range only while the client's copy is still the stored one.
+            wanted = parse_range(range_header, size) if if_range in (None, etag) else None
+        except BaseException:
+            source.close()
+            raise
+        headers = {"Accept-Ranges": "bytes", "Content-Disposition": attachment(stored.filename)}
         if etag:
             headers["ETag"] = etag
         if wanted is None:
@@ -276,14 +308,22 @@ class DownloadsController(Controller):
             headers["Content-Range"] = wanted.content_range
         headers["Content-Length"] = str(end - start)
         return Stream(
-            storage.read(stored.filepath, start, end),
+            # Streams from the file just checked: a swap after the check changes nothing.
+            read_open(source, start, end),
             status_code=status_code,
             headers=headers,
             media_type=stored.content_type or "application/octet-stream",
         )
 
 
-def _attachment(filename: str) -> str:
-    # An ASCII fallback for old clients, and the exact UTF-8 name for everyone else (RFC 6266).
-    fallback = re.sub(r"[^A-Za-z0-9._ -]", "_", filename) or "download"
-    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
+async def _open_stored(storage: Storage, stored: StoredFile) -> BinaryIO:
+    """The stored object of `stored`, through storage's one check; FileNotFound otherwise."""
+    try:
+        return await asyncio.to_thread(storage.open_verified, stored.filepath, stored.size)
+    except ObjectRefused as exc:
+        log.warning(
+            "file %s not served: %s", stored.file_id, exc, extra={"file_id": stored.file_id}
+        )
+        raise FileNotFound(stored.file_id, "is no longer in storage") from None
+    except StorageError:
+        raise FileNotFound(stored.file_id, "is no longer in storage") from None

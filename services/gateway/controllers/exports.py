@@ -13,6 +13,8 @@ from litestar.response import Stream
 from opentelemetry import trace
 from redis.asyncio import Redis
 
+from services.gateway.controllers.responses import PARTIAL, errors
+from services.gateway.disposition import attachment
 from services.gateway.errors import NotFound
 from services.gateway.exports import MEDIA_TYPES, ExportRepository, announce_export_cancel
 from services.gateway.ranges import parse_range
@@ -37,6 +39,19 @@ from shared.settings import Settings
 from shared.storage import Storage, StorageError
 
 _SECONDS_PER_DAY = 86_400
+_CREATE_ERRORS = errors(
+    400,
+    403,
+    404,
+    409,
+    413,
+    meaning={
+        403: "a path outside the caller's storage area, or a symlink",
+        404: "a job, file id or path that is not the caller's",
+        409: "a named file has no stored bytes",
+        413: "the body, or the selection's bytes (DOWNLINK_MAX_EXPORT_SIZE), is too large",
+    },
+)
 
 
 def provide_exports(state: State) -> ExportRepository:
@@ -64,7 +79,12 @@ class ExportsController(Controller):
         "User": User,
     }
 
-    @post("/export", status_code=202, request_max_body_size=32 * 1024 * 1024)
+    @post(
+        "/export",
+        status_code=202,
+        request_max_body_size=32 * 1024 * 1024,
+        responses=_CREATE_ERRORS,
+    )
     async def create_export(
         self,
         *,
@@ -99,7 +119,7 @@ class ExportsController(Controller):
             total_bytes=created.total_bytes,
         )
 
-    @get("/exports/{export_id:uuid}")
+    @get("/exports/{export_id:uuid}", responses=errors(400, 404))
     async def export_status(
         self,
         *,
@@ -111,7 +131,13 @@ class ExportsController(Controller):
         trace.get_current_span().set_attribute("downlink.export_id", str(export_id))
         return await exports.status(current_user.id, str(export_id))
 
-    @get("/exports/{export_id:uuid}/download")
+    @get(
+        "/exports/{export_id:uuid}/download",
+        responses={
+            206: PARTIAL,
+            **errors(400, 404, 409, 416, meaning={409: "the export is not ready (yet)"}),
+        },
+    )
     async def download_export(
         self,
         *,
@@ -134,7 +160,7 @@ class ExportsController(Controller):
         wanted = parse_range(range_header, size) if if_range in (None, etag) else None
         headers = {
             "Accept-Ranges": "bytes",
-            "Content-Disposition": f'attachment; filename="{archive.filename}"',
+            "Content-Disposition": attachment(archive.filename),
         }
         if etag:
             headers["ETag"] = etag
@@ -151,7 +177,11 @@ class ExportsController(Controller):
             media_type=MEDIA_TYPES.get(archive.format, "application/octet-stream"),
         )
 
-    @post("/exports/{export_id:uuid}/cancel", status_code=200)
+    @post(
+        "/exports/{export_id:uuid}/cancel",
+        status_code=200,
+        responses=errors(400, 404, 409, 413, meaning={409: "the export already ended"}),
+    )
     async def cancel_export(
         self,
         *,

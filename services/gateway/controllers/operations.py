@@ -14,14 +14,18 @@ from redis.asyncio import Redis
 
 from services.gateway import history
 from services.gateway.auth import admin_guard
+from services.gateway.controllers.responses import errors
 from services.gateway.errors import InvalidRequest
 from services.gateway.history import ExecutionListResponse, ExecutionStatus, Task
 from services.gateway.repository import User
 from services.gateway.resources import provide_pool, provide_redis
+from services.gateway.schemas import MAX_PAGE
 from shared.ids import JobId
 from shared.queues import QueueReport, queue_report
 from shared.streams import GROUPS
 from shared.workers import WorkerInfo, list_workers
+
+_ADMINS_ONLY = errors(403, meaning={403: "the caller is not an admin"})
 
 
 # Kept beside its one route rather than in schemas.py: an answer assembled from shared records.
@@ -42,17 +46,17 @@ class OperationsController(Controller):
     }
     signature_namespace = {"Redis": Redis, "Pool": Pool, "User": User}  # noqa: RUF012
 
-    @get("/workers", guards=[admin_guard])
+    @get("/workers", guards=[admin_guard], responses=_ADMINS_ONLY)
     async def workers(self, *, redis: NamedDependency[Redis]) -> WorkerListResponse:
         """Live workers: service, consumer name, host, pid, start, last heartbeat, counters."""
         return WorkerListResponse(workers=await list_workers(redis))
 
-    @get("/queues", guards=[admin_guard])
+    @get("/queues", guards=[admin_guard], responses=_ADMINS_ONLY)
     async def queues(self, *, redis: NamedDependency[Redis]) -> QueueReport:
         """Per stream and group: length, pending, lag, oldest pending age; dead letters."""
         return await queue_report(redis, GROUPS)
 
-    @get("/executions")
+    @get("/executions", responses=errors(400))
     async def executions(
         self,
         *,
@@ -66,7 +70,7 @@ class OperationsController(Controller):
         task: Annotated[
             str | None, QueryParameter(description=f"one of {', '.join(Task)}; empty for all")
         ] = None,
-        page: Annotated[int, QueryParameter(ge=1)] = 1,
+        page: Annotated[int, QueryParameter(ge=1, le=MAX_PAGE)] = 1,
         per_page: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
     ) -> ExecutionListResponse:
         """Task runs, newest first: each try of each task with its worker, outcome and timing.

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from litestar import Controller, Response, get
 from litestar.di import NamedDependency, Provide
+from litestar.openapi import ResponseSpec
 from redis.asyncio import Redis
 
 from services.gateway.repository import JobRepository
@@ -35,7 +36,16 @@ class SystemController(Controller):
         """Liveness: the process answers."""
         return Health(status="ok")
 
-    @get("/ready")
+    @get(
+        "/ready",
+        responses={
+            503: ResponseSpec(
+                data_container=Readiness,
+                description="Redis or PostgreSQL does not answer; `checks` says which",
+                generate_examples=False,
+            )
+        },
+    )
     async def ready(
         self, repository: NamedDependency[JobRepository], redis: NamedDependency[Redis]
     ) -> Response[Readiness]:
