@@ -41,7 +41,8 @@ def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
 
 
 def _service_main(service: str) -> ServiceMain:
-    # Imported lazily: `downlink token create` must not pay for aiohttp, litestar and friends.
+    # Imported lazily: `downlink token create` must not pay for aiohttp, FastStream and the
+    # other services' libraries (tests/test_layering.py checks what it loads).
     if service == "gateway":
         from services.gateway.app import serve as gateway
 
@@ -70,7 +71,13 @@ def _run_service(args: argparse.Namespace) -> int:
         process_workers=concurrency if args.command == "processor" else None,
     )
     setup_logging(args.command, settings.log_level)
-    asyncio.run(_service_main(args.command)(settings))
+    from shared.runner import BackgroundLoopCrashed
+
+    try:
+        asyncio.run(_service_main(args.command)(settings))
+    except BackgroundLoopCrashed:
+        # Logged already, naming the loop with its traceback; the exit status tells supervisors.
+        return 1
     return 0
 
 

@@ -2,8 +2,8 @@
 
 It knows nothing of downloads: a service hands it streams, a group, a handler and a policy.
 This is the only code that acknowledges. FastStream's nack/reject do nothing on Redis Streams,
-so retries (a delayed re-publish with backoff), leases (XCLAIM ... JUSTID), reclaim of a dead
-consumer's entries (XAUTOCLAIM) and dead letters are built here on redis-py.
+so retries (a delayed re-publish with backoff) and dead letters are built here on redis-py;
+leases and the reclaim of a dead consumer's entries come from shared.reclaim.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import metrics
 from shared.errors import JobCancelled, PermanentError, PoisonMessage, TransientError
+from shared.reclaim import Claimed, Reclaimer
 from shared.streams import DEAD_STREAM, DELAYED_KEY
 from shared.telemetry import links_from
 
@@ -141,13 +142,16 @@ class StreamConsumer:
         self._stopping = asyncio.Event()
         self._in_flight: dict[asyncio.Task[None], tuple[str, str]] = {}
         self._tracer = trace.get_tracer("downlink.consumer", tracer_provider=self.tracer_provider)
+        self._reclaimer = Reclaimer(
+            self.redis, tuple(self.streams), self.group, self.consumer, self.policy.claim_idle_s
+        )
 
     async def run(self) -> None:
         """Consume until `stop()`; in-flight work then gets the grace period to finish."""
         await ensure_groups(self.redis, {self.group: tuple(self.streams)})
         background = [
             asyncio.create_task(self._every(self.policy.lease_renew_s, self._renew_leases)),
-            asyncio.create_task(self._every(self._reclaim_interval_s, self._reclaim)),
+            asyncio.create_task(self._every(self._reclaimer.interval_s, self._reclaim)),
             asyncio.create_task(self._every(0.5, self._move_due_retries)),
         ]
         try:
@@ -161,10 +165,6 @@ class StreamConsumer:
     def stop(self) -> None:
         """Stop reading; `run()` returns once in-flight work ends or the grace runs out."""
         self._stopping.set()
-
-    @property
-    def _reclaim_interval_s(self) -> float:
-        return max(0.5, min(5.0, self.policy.claim_idle_s / 4))
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -420,25 +420,15 @@ class StreamConsumer:
     # --- background loops ---------------------------------------------------------------------
 
     async def _renew_leases(self) -> None:
-        by_stream: dict[str, list[int | bytes | str | memoryview[int]]] = {}
-        for stream, entry_id in self._in_flight.values():
-            by_stream.setdefault(stream, []).append(entry_id)
-        for stream, ids in by_stream.items():
-            # JUSTID resets the idle time without counting a delivery.
-            await self.redis.xclaim(stream, self.group, self.consumer, 0, ids, justid=True)
+        await self._reclaimer.renew(self._in_flight.values())
 
     async def _reclaim(self) -> None:
-        min_idle_ms = int(self.policy.claim_idle_s * 1000)
         streams = list(self.streams)
         # Wait for a slot rather than skip while none is free: with concurrency 1 the read loop
         # holds the only slot during its blocking read, and reclaim would never run.
         while streams and await self._take_slot():
             try:
-                claimed = None
-                while streams and claimed is None:
-                    claimed = await self._claim_one(streams[0], min_idle_ms)
-                    if claimed is None:
-                        streams.pop(0)
+                claimed = await self._claim_next(streams)
             except BaseException:
                 self._slots.release()
                 raise
@@ -446,37 +436,32 @@ class StreamConsumer:
                 # Nothing idle; or stopping, when a claimed entry stays pending for others.
                 self._slots.release()
                 break
-            stream, entry_id, fields, count = claimed
-            log.info("reclaimed %s entry %s (delivery %d)", stream, entry_id, count)
-            self._spawn(stream, entry_id, fields, delivery_count=count, has_slot=True)
-        await self._forget_dead_consumers()
+            log.info(
+                "reclaimed %s entry %s (delivery %d)",
+                claimed.stream,
+                claimed.entry_id,
+                claimed.delivery_count,
+            )
+            self._spawn(
+                claimed.stream,
+                claimed.entry_id,
+                claimed.fields,
+                delivery_count=claimed.delivery_count,
+                has_slot=True,
+            )
+        await self._reclaimer.forget_dead_consumers()
 
-    async def _claim_one(
-        self, stream: str, min_idle_ms: int
-    ) -> tuple[str, str, dict[bytes, bytes], int] | None:
-        _next, claimed, deleted = await self.redis.xautoclaim(
-            stream, self.group, self.consumer, min_idle_ms, "0-0", count=1
-        )
-        if deleted:
-            await self.redis.xack(stream, self.group, *deleted)
-        entries = [(eid, data) for eid, data in claimed if data]
-        if not entries:
-            return None
-        entry_id, fields = entries[0]
-        entry_id_str = _text(entry_id)
-        return stream, entry_id_str, fields, await self._delivery_count(stream, entry_id_str)
-
-    async def _delivery_count(self, stream: str, entry_id: str) -> int:
-        pending = await self.redis.xpending_range(stream, self.group, entry_id, entry_id, 1)
-        return int(pending[0]["times_delivered"]) if pending else 1
-
-    async def _forget_dead_consumers(self) -> None:
-        idle_limit_ms = int(self.policy.claim_idle_s * 2000)
-        for stream in self.streams:
-            for info in await self.redis.xinfo_consumers(stream, self.group):
-                name = _text(info["name"])
-                if name != self.consumer and info["pending"] == 0 and info["idle"] > idle_limit_ms:
-                    await self.redis.xgroup_delconsumer(stream, self.group, name)
+    async def _claim_next(self, streams: list[str]) -> Claimed | None:
+        """The next idle entry, highest stream first; streams found empty are dropped."""
+        while streams:
+            claimed, gone = await self._reclaimer.claim_idle(streams[0])
+            if gone:
+                # Deleted from the stream while pending: nothing to run, only the PEL to clean.
+                await self.redis.xack(streams[0], self.group, *gone)
+            if claimed is not None:
+                return claimed
+            streams.pop(0)
+        return None
 
     async def _move_due_retries(self) -> None:
         await self.redis.eval(_MOVE_DUE, 1, DELAYED_KEY, time.time())

@@ -17,8 +17,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-import aiohttp
-
 
 class DownlinkError(Exception):
     """Base of every error Downlink raises on purpose."""
@@ -74,6 +72,10 @@ class JobCancelled(DownlinkError):
 @contextlib.contextmanager
 def map_errors(url: str) -> Iterator[None]:
     """Convert aiohttp and OS errors raised while fetching `url` into the hierarchy."""
+    # Imported here: everything imports this module, and `downlink token create` or the
+    # gateway must not load aiohttp for it.
+    import aiohttp
+
     try:
         yield
     except DownlinkError:

@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from shared.consumer import ConsumerStats, StreamConsumer
-    from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -126,14 +125,14 @@ async def worker_presence(
 
 @contextlib.asynccontextmanager
 async def worker_telemetry(
-    redis: Redis, settings: Settings, service: str, consumer: StreamConsumer
+    redis: Redis, service: str, consumer: StreamConsumer, *, metrics_port: int | None, host: str
 ) -> AsyncIterator[None]:
-    """What every worker service runs beside its consumer: its heartbeat in the registry and
-    its /metrics on DOWNLINK_METRICS_PORT (with its own streams' gauges)."""
+    """What every worker runs beside its consumer: its heartbeat in the registry and its
+    /metrics on host:metrics_port (with its own streams' gauges); no port, no /metrics."""
     refresh = queue_refresher(redis, {consumer.group: tuple(consumer.streams)})
     async with (
         worker_presence(redis, service, consumer.consumer, consumer.stats),
-        serve_metrics(settings.metrics_port, host=settings.http_host, refresh=refresh),
+        serve_metrics(metrics_port, host=host, refresh=refresh),
     ):
         yield
 

@@ -1,4 +1,6 @@
-"""STYLE rule 6: handlers and their mechanics import no framework and no Redis client.
+"""Layering rules: handlers and their mechanics import no framework and no Redis client (STYLE
+rule 6), a worker's app.py is wiring over shared.runner, `downlink token create` loads no
+aiohttp, and only shared/storage knows the filesystem behind storage keys (DESIGN).
 
 One check for every worker service, on the source (imports anywhere in a module, under
 TYPE_CHECKING too) and on what actually loads when the module is imported.
@@ -7,6 +9,7 @@ TYPE_CHECKING too) and on what actually loads when the module is imported.
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -61,18 +64,112 @@ def test_module_imports_no_framework_or_redis(service: str, module: str) -> None
     assert imported_roots(source) & FORBIDDEN == set()
 
 
-@pytest.mark.parametrize("module", ENTRY_MODULES)
-def test_importing_it_loads_no_framework_or_redis(module: str) -> None:
-    code = (
-        f"import sys, {module}\n"
-        "print(sorted({m.split('.')[0] for m in sys.modules} & {'faststream','litestar','redis'}))"
-    )
+def run_python(code: str, **env: str) -> str:
+    """What `python -c code` prints, run from the repository in a fresh interpreter."""
     result = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
         text=True,
         check=True,
         cwd=ROOT,
+        env={**os.environ, **env},
         timeout=60,
     )
-    assert result.stdout.strip() == "[]"
+    return result.stdout.strip()
+
+
+@pytest.mark.parametrize("module", ENTRY_MODULES)
+def test_importing_it_loads_no_framework_or_redis(module: str) -> None:
+    code = (
+        f"import sys, {module}\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'faststream','litestar','redis'}))"
+    )
+    assert run_python(code) == "[]"
+
+
+WORKER_SERVICES = ("downloader", "processor", "exporter")
+# The skeleton every worker shares lives in shared.runner: an app.py reaching for these is
+# building its own copy again (Redis, broker, tracer, registry, trimming, leases, consumer).
+SKELETON = {
+    "shared.broker",
+    "shared.redis_client",
+    "shared.telemetry",
+    "shared.workers",
+    "shared.trim",
+    "shared.reclaim",
+    "shared.consumer.StreamConsumer",
+}
+# What wiring may import beyond shared.* and its own service (annotations only).
+WIRING_STDLIB = {"__future__", "typing"}
+
+
+def imported_names(source: str) -> set[str]:
+    """Every module imported, and every `module.name` taken from one."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_the_wiring_check_sees_what_a_skeleton_imports() -> None:
+    source = "import signal\nimport aiohttp\nfrom shared.consumer import StreamConsumer\n"
+    assert imported_names(source) >= {"signal", "aiohttp", "shared.consumer.StreamConsumer"}
+
+
+@pytest.mark.parametrize("service", WORKER_SERVICES)
+def test_a_worker_app_is_wiring_over_the_one_runner(service: str) -> None:
+    names = imported_names((ROOT / "services" / service / "app.py").read_text())
+    own = ("shared.", f"services.{service}.")
+    assert "shared.runner.run_worker" in names
+    outside = {n for n in names if not n.startswith(own) and n.split(".")[0] not in WIRING_STDLIB}
+    assert outside == set()
+    assert names & SKELETON == set()
+
+
+def test_token_create_loads_no_aiohttp_or_faststream(database_url: str) -> None:
+    # The whole command, as `downlink token create` runs it, then what it loaded.
+    code = (
+        "import sys\n"
+        "from services.cli import main\n"
+        "status = main(['token', 'create', 'layering-check'])\n"
+        "print(status, sorted({m.split('.')[0] for m in sys.modules} & {'aiohttp', 'faststream'}))"
+    )
+    token, loaded = run_python(code, DOWNLINK_DATABASE_URL=database_url).splitlines()
+    assert token.startswith("dl_")
+    assert loaded == "0 []"
+
+
+# How code outside shared/storage would resolve or refuse links itself, instead of going
+# through the one check storage owns (`Storage.open_verified`).
+FILESYSTEM_CHECKS = ("os.path.realpath", "O_NOFOLLOW")
+
+
+def _modules_outside_storage() -> list[Path]:
+    storage = ROOT / "shared" / "storage"
+    return [
+        path
+        for folder in ("shared", "services", "downlink")
+        for path in sorted((ROOT / folder).rglob("*.py"))
+        if not path.is_relative_to(storage)
+    ]
+
+
+def test_the_scan_covers_the_services() -> None:
+    scanned = _modules_outside_storage()
+    assert ROOT / "services" / "gateway" / "controllers" / "downloads.py" in scanned
+    assert ROOT / "services" / "exporter" / "handlers.py" in scanned
+    assert ROOT / "shared" / "storage" / "local.py" not in scanned
+
+
+def test_only_shared_storage_checks_links_on_the_filesystem() -> None:
+    offenders = [
+        f"{path.relative_to(ROOT)}: {check}"
+        for path in _modules_outside_storage()
+        for check in FILESYSTEM_CHECKS
+        if check in path.read_text()
+    ]
+    assert offenders == []

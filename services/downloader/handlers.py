@@ -17,7 +17,7 @@ from yarl import URL
 from services.downloader.fetch import Fetched, FetchLimits, fetch_into
 from services.downloader.naming import FALLBACK_NAME, choose_name, variants
 from shared.errors import ChecksumMismatch, JobCancelled, PermanentError, TransientError
-from shared.events import FileDownloaded, FileFailed, FileProgress, FileStarted
+from shared.events import FileDownloaded, FileFailed, FileProgress, FileRetrying, FileStarted
 from shared.ids import FileId, JobId, new_event_id
 
 if TYPE_CHECKING:
@@ -228,6 +228,21 @@ def failure_event(command: DownloadFile, error: BaseException, attempts: int) ->
         error=str(error) or type(error).__name__,
         permanent=isinstance(error, PermanentError),
         attempts=attempts,
+    )
+
+
+def retrying_event(
+    command: DownloadFile, error: BaseException, attempt: int, delay_s: float
+) -> FileRetrying:
+    """The FileRetrying event announcing that try `attempt` failed and runs again later."""
+    return FileRetrying(
+        event_id=new_event_id(),
+        job_id=command.job_id,
+        at=time.time(),
+        file_id=command.file_id,
+        attempt=attempt,
+        error=str(error) or type(error).__name__,
+        retry_in_s=round(delay_s, 3),
     )
 
 
