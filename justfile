@@ -54,3 +54,10 @@ bench: _venv
         echo "== ${script}" >&2
         .venv/bin/python "${script}"
     done
+
+# Downlink end to end beside Celery, arq, taskiq, curl and aria2c in one sitting (JSON; see
+# bench/README.md). ARGS go to the bench, e.g. `just bench-pipeline --quick` or
+# `just bench-pipeline --workloads tiny5k --systems downlink,taskiq`.
+bench-pipeline *ARGS: _venv
+    bash bench/pipeline/setup.sh
+    bench/.venvs/peers/bin/python bench/pipeline {{ ARGS }}
