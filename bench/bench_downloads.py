@@ -30,7 +30,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from shared.postgres import migrate
+from services.gateway.migrations import migrate
 from tests.support.file_server import FileServer
 from tests.support.ports import free_port
 

@@ -82,7 +82,7 @@ def _run_service(args: argparse.Namespace) -> int:
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    from shared.postgres import migrate
+    from services.gateway.migrations import migrate
 
     settings = _settings(args)
     applied = asyncio.run(migrate(settings.database_url))
@@ -92,7 +92,8 @@ def _migrate(args: argparse.Namespace) -> int:
 
 def _token_create(args: argparse.Namespace) -> int:
     from services.gateway.auth import create_token
-    from shared.postgres import migrate, open_pool
+    from services.gateway.migrations import migrate
+    from shared.postgres import open_pool
 
     settings = _settings(args)
 

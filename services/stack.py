@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 from rich.console import Console
 
-from shared.postgres import migrate
+from services.gateway.migrations import migrate
 from shared.settings import Settings
 
 SERVICES = ("gateway", "downloader", "processor", "exporter")

@@ -4,7 +4,7 @@ Evolution rules (the wire outlives the code):
 - A new field gets a default, so old payloads still decode.
 - A tag is never retyped or reused; renaming a class never changes its tag.
 - Unknown fields are tolerated on decode, so a newer producer never breaks an older consumer.
-- HTTP bodies (services/gateway/schemas.py) are strict instead: forbid_unknown_fields=True.
+- HTTP bodies (each gateway area's schemas.py) are strict instead: forbid_unknown_fields=True.
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from shared.ids import EventId, FileId, JobId, UserId
+from shared.composites import CompositeKind
+from shared.ids import ArtifactId, CompositeId, EventId, ExportId, FileId, JobId, UserId
+from shared.statuses import JobStatus
 
 Sha256Hex = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
 
@@ -48,7 +50,6 @@ class DownloadFile(Command, tag="download.file", frozen=True):
 
 
 ProcessStep = Literal["metadata", "thumbnail", "cog"]
-CompositeKind = Literal["ndvi", "rgb"]
 
 
 class ProcessFile(Command, tag="process.file", frozen=True):
@@ -87,7 +88,7 @@ class BuildComposite(Command, tag="process.composite", frozen=True):
     """
 
     job_id: JobId
-    composite_id: str
+    composite_id: CompositeId
     user_id: UserId
     kind: CompositeKind
     bands: dict[str, str]
@@ -138,7 +139,7 @@ class BuildExport(Command, tag="export.build", frozen=True):
         jobs: the jobs involved, as the manifest describes them (id, status, metadata, ...).
     """
 
-    export_id: str
+    export_id: ExportId
     user_id: UserId
     format: ExportFormat
     include_metadata: bool = True
@@ -148,7 +149,7 @@ class BuildExport(Command, tag="export.build", frozen=True):
 
 WorkCommand = DownloadFile | ProcessFile | BuildComposite | BuildExport
 WORK_COMMAND_DECODER = msgspec.json.Decoder(WorkCommand)
-COMMAND_DECODER = msgspec.json.Decoder(DownloadFile)
+DOWNLOAD_DECODER = msgspec.json.Decoder(DownloadFile)
 PROCESS_DECODER = msgspec.json.Decoder(ProcessFile | BuildComposite)
 EXPORT_DECODER = msgspec.json.Decoder(BuildExport)
 
@@ -261,7 +262,7 @@ class JobFinished(Event, tag="job.finished", frozen=True):
         failed: files that ended without bytes.
     """
 
-    status: str
+    status: JobStatus
     successful: int = 0
     failed: int = 0
 
@@ -287,10 +288,10 @@ class ArtifactCreated(Event, tag="artifact.created", frozen=True):
         metadata: the extracted metadata ("metadata" kind) or facts of the artifact.
     """
 
-    artifact_id: str
+    artifact_id: ArtifactId
     kind: ArtifactKind
     file_id: FileId | None = None
-    composite_id: str | None = None
+    composite_id: CompositeId | None = None
     filepath: str | None = None
     size: int = 0
     sha256: str = ""
@@ -318,7 +319,7 @@ class CompositeFinished(Event, tag="composite.finished", frozen=True):
         error: why it failed, or None when its artifacts were created.
     """
 
-    composite_id: str
+    composite_id: CompositeId
     error: str | None = None
 
 
@@ -335,7 +336,7 @@ class ExportEvent(msgspec.Struct, tag_field="type", frozen=True, kw_only=True):
     """
 
     event_id: EventId
-    export_id: str
+    export_id: ExportId
     at: float
 
 

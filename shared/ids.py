@@ -1,4 +1,4 @@
-"""Typed identifiers of users, jobs, files and events, and their generators."""
+"""Typed identifiers of users, jobs, files, exports, composites, artifacts and events."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ UserId = NewType("UserId", str)
 JobId = NewType("JobId", str)
 FileId = NewType("FileId", str)
 EventId = NewType("EventId", str)
+ExportId = NewType("ExportId", str)
+CompositeId = NewType("CompositeId", str)
+ArtifactId = NewType("ArtifactId", str)
 
 
 def new_job_id() -> JobId:

@@ -74,6 +74,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
                 )
 
     @property
+    def retention_s(self) -> int:
+        """How long cancel markers and completion records live in Redis."""
+        return self.retention_days * 86_400
+
+    @property
     def lease_renew_s(self) -> float:
         """How often in-flight claims are renewed: well inside the idle threshold."""
         return min(5.0, self.claim_idle_s / 3)

@@ -123,6 +123,13 @@ def create_tracer_provider(service: str, *, install: bool = True) -> TracerProvi
     return provider
 
 
+def trace_headers() -> dict[str, str]:
+    """The current trace context as message headers (`traceparent`), empty outside a span."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier
+
+
 def traceparent(span_context: trace.SpanContext) -> str:
     """The W3C `traceparent` of a span context."""
     flags = int(span_context.trace_flags)

@@ -73,11 +73,11 @@ def database_server_url() -> Iterator[str]:
 def database_template(database_server_url: str) -> Iterator[str]:
     """Name of a database migrated once per session, which `database_url` copies per test."""
     try:
-        from shared.postgres import migrate  # written alongside the services
+        from services.gateway.migrations import migrate  # written alongside the services
     except ModuleNotFoundError as exc:
-        if exc.name != "shared.postgres":
+        if exc.name != "services.gateway.migrations":
             raise
-        pytest.skip("shared.postgres.migrate does not exist yet")
+        pytest.skip("services.gateway.migrations.migrate does not exist yet")
     name = postgres_server.unique_name("downlink_template_")
     url = postgres_server.create_database(database_server_url, name)
     try:

@@ -160,7 +160,7 @@ def _modules_outside_storage() -> list[Path]:
 
 def test_the_scan_covers_the_services() -> None:
     scanned = _modules_outside_storage()
-    assert ROOT / "services" / "gateway" / "controllers" / "downloads.py" in scanned
+    assert ROOT / "services" / "gateway" / "jobs" / "controller.py" in scanned
     assert ROOT / "services" / "exporter" / "handlers.py" in scanned
     assert ROOT / "shared" / "storage" / "local.py" not in scanned
 
@@ -173,3 +173,81 @@ def test_only_shared_storage_checks_links_on_the_filesystem() -> None:
         if check in path.read_text()
     ]
     assert offenders == []
+
+
+# The gateway's record side: its SQL, the projections, the job lifecycle, the outbox and the
+# background loops. None of it may reach for an HTTP body: queries return records, and the
+# controllers map those onto their response Structs.
+RECORD_SIDE = [
+    "services.gateway.outbox",
+    "services.gateway.projection",
+    "services.gateway.reconciler",
+    "services.gateway.tracker",
+    "services.gateway.jobs.commands",
+    "services.gateway.jobs.lifecycle",
+    "services.gateway.jobs.projection",
+    "services.gateway.jobs.queries",
+    "services.gateway.jobs.records",
+    "services.gateway.jobs.submit",
+    "services.gateway.processing.commands",
+    "services.gateway.processing.projection",
+    "services.gateway.processing.queries",
+    "services.gateway.processing.queueing",
+    "services.gateway.processing.records",
+    "services.gateway.exports.automatic",
+    "services.gateway.exports.commands",
+    "services.gateway.exports.projection",
+    "services.gateway.exports.queries",
+    "services.gateway.exports.records",
+    "services.gateway.exports.selection",
+    "services.gateway.executions.history",
+    "services.gateway.executions.queries",
+    "services.gateway.executions.tries",
+    "services.gateway.dead_letters.queries",
+]
+
+
+def _is_http_side(name: str) -> bool:
+    """A gateway module of HTTP bodies (an area's schemas, the shared error answers), or the
+    framework that serves them."""
+    if name.split(".", maxsplit=1)[0] == "litestar":
+        return True
+    return name.startswith("services.gateway.") and (
+        name.endswith(".schemas") or ".schemas." in name or name == "services.gateway.responses"
+    )
+
+
+def _source(module: str) -> str:
+    return (ROOT / (module.replace(".", "/") + ".py")).read_text()
+
+
+def test_the_http_check_knows_a_schemas_module() -> None:
+    names = imported_names("from services.gateway.jobs.schemas import JobStatusResponse\n")
+    assert any(_is_http_side(name) for name in names)
+    assert not _is_http_side("services.gateway.jobs.records")
+
+
+@pytest.mark.parametrize("module", RECORD_SIDE)
+def test_the_record_side_imports_no_http_schemas(module: str) -> None:
+    assert {name for name in imported_names(_source(module)) if _is_http_side(name)} == set()
+
+
+def test_importing_the_record_side_loads_no_http_schemas() -> None:
+    code = (
+        f"import sys\nfor name in {RECORD_SIDE!r}:\n    __import__(name)\n"
+        "print('\\n'.join(sorted(sys.modules)))"
+    )
+    loaded = run_python(code).splitlines()
+    assert [name for name in loaded if _is_http_side(name)] == []
+
+
+def test_the_reconciler_does_not_import_the_tracker() -> None:
+    # A timed-out job ends by the job lifecycle's rule, not through the tracker's projection.
+    assert not any(
+        name.startswith("services.gateway.tracker")
+        for name in imported_names(_source("services.gateway.reconciler"))
+    )
+    code = (
+        "import sys, services.gateway.reconciler\nprint('services.gateway.tracker' in sys.modules)"
+    )
+    assert run_python(code) == "False"

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from services.downloader.handlers import download_file, failure_event, retrying_event
 from services.downloader.resources import Downloader, open_downloader
 from shared.consumer import ConsumerPolicy
-from shared.events import COMMAND_DECODER, DownloadFile
+from shared.events import DOWNLOAD_DECODER, DownloadFile
 from shared.runner import Listener, WorkerSpec, run_worker
 from shared.streams import DOWNLOAD_LANES, DOWNLOADER_GROUP
 
@@ -36,7 +36,7 @@ async def serve(settings: Settings) -> None:
             name="downloader",
             streams=DOWNLOAD_LANES,
             group=DOWNLOADER_GROUP,
-            decoder=COMMAND_DECODER,
+            decoder=DOWNLOAD_DECODER,
             resources=open_downloader,
             handler=lambda c, d, delivery: download_file(c, d.deps, attempt=delivery.attempt),
             policy=ConsumerPolicy.from_settings(

@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING, Literal, Protocol
 from opentelemetry import trace
 from yarl import URL
 
-from services.downloader.fetch import Fetched, FetchLimits, fetch_into
+from services.downloader.fetch import Fetched, FetchLimits, ProgressCallback, fetch_into
 from services.downloader.naming import FALLBACK_NAME, choose_name, variants
 from shared.errors import ChecksumMismatch, JobCancelled, PermanentError, TransientError
 from shared.events import FileDownloaded, FileFailed, FileProgress, FileRetrying, FileStarted
 from shared.ids import FileId, JobId, new_event_id
+from shared.storage.keys import file_key
 
 if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
@@ -140,7 +141,7 @@ async def _start_and_fetch(
     return await _fetch_and_store(command, deps)
 
 
-async def _fetch_and_store(command: DownloadFile, deps: DownloadDeps) -> FileDownloaded:
+def _progress_reporter(command: DownloadFile, deps: DownloadDeps) -> ProgressCallback:
     async def report(done: int, total: int | None, rate_bps: float) -> None:
         await deps.publisher.publish(
             FileProgress(
@@ -154,6 +155,10 @@ async def _fetch_and_store(command: DownloadFile, deps: DownloadDeps) -> FileDow
             )
         )
 
+    return report
+
+
+async def _fetch_and_store(command: DownloadFile, deps: DownloadDeps) -> FileDownloaded:
     part = await deps.storage.open_part(command.file_id, resume=True)
     committed = False
     try:
@@ -163,7 +168,7 @@ async def _fetch_and_store(command: DownloadFile, deps: DownloadDeps) -> FileDow
             part,
             guard=deps.guard,
             limits=deps.limits,
-            on_progress=report,
+            on_progress=_progress_reporter(command, deps),
         )
         if command.sha256 is not None and fetched.sha256 != command.sha256:
             raise ChecksumMismatch(
@@ -171,7 +176,7 @@ async def _fetch_and_store(command: DownloadFile, deps: DownloadDeps) -> FileDow
                 f"expected {command.sha256}, got {fetched.sha256}"
             )
         name = await _unique_name(command, deps, fetched)
-        key = f"{command.user_id}/{command.job_id}/{name}"
+        key = file_key(command.user_id, command.job_id, name)
         await part.commit(key)
         committed = True
     except PermanentError:
@@ -209,7 +214,7 @@ async def _unique_name(command: DownloadFile, deps: DownloadDeps, fetched: Fetch
     if wanted == FALLBACK_NAME:
         wanted = choose_name(None, None, command.url)
     for candidate in variants(wanted):
-        key = f"{command.user_id}/{command.job_id}/{candidate}"
+        key = file_key(command.user_id, command.job_id, candidate)
         claim = await deps.names.claim(command.job_id, candidate, command.file_id)
         # A new claim on a name already on disk means the registry was lost (a Redis flush):
         # the file there belongs to another file id, so keep looking.

@@ -46,7 +46,7 @@ class Downloader:
 async def open_downloader(context: WorkerContext) -> AsyncIterator[Downloader]:
     """The downloader's resources for the worker's life; the session closes on the way out."""
     settings = context.settings
-    retention_s = settings.retention_days * 86_400
+    retention_s = settings.retention_s
     guard = AddressGuard(
         allow_private=settings.allow_private_networks, allowed_networks=settings.allowed_networks
     )

@@ -32,6 +32,7 @@ from shared.errors import ChecksumMismatch, JobCancelled, PermanentError, TooLar
 from shared.events import ExportFailed, ExportProgress, ExportReady
 from shared.ids import new_event_id
 from shared.storage import StorageError
+from shared.storage.keys import archive_key
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator
@@ -43,8 +44,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("downlink.exporter")
-
-EXTENSIONS = {"zip": "zip", "tar.gz": "tar.gz"}
 
 
 class ExportCompletions(Protocol):
@@ -94,11 +93,6 @@ def part_id(export_id: str) -> str:
     return f"export-{export_id}"
 
 
-def archive_key(command: BuildExport) -> str:
-    """Where the finished archive lives: `<user_id>/exports/<export_id>.<zip|tar.gz>`."""
-    return f"{command.user_id}/exports/{command.export_id}.{EXTENSIONS[command.format]}"
-
-
 async def build_export(command: BuildExport, deps: ExportDeps, *, attempt: int) -> ExportReady:
     """Stream the command's items into one archive in storage and announce it; idempotent."""
     if await deps.cancellations.is_cancelled(command.export_id):
@@ -143,7 +137,7 @@ async def build_export(command: BuildExport, deps: ExportDeps, *, attempt: int) 
 
 
 async def _build(command: BuildExport, deps: ExportDeps) -> ExportReady:
-    key = archive_key(command)
+    key = archive_key(command.user_id, command.export_id, command.format)
     # resume=False: bytes a killed attempt left in the part are thrown away, never continued.
     part = await deps.storage.open_part(part_id(command.export_id), resume=False)
     sink = HashingSink(part)

@@ -35,7 +35,7 @@ async def open_exporter(context: WorkerContext) -> AsyncIterator[Exporter]:
     deps = ExportDeps(
         storage=open_storage(settings.storage_url),
         publisher=context.publisher,
-        completions=RedisExportCompletions(context.redis, settings.retention_days * 86_400),
+        completions=RedisExportCompletions(context.redis, settings.retention_s),
         cancellations=cancellations,
         limits=ExportLimits(
             max_size_bytes=settings.max_export_size_bytes,

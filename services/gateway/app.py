@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
+from asyncpg import Pool
+from faststream.redis import RedisBroker
 from litestar import Litestar, Request, Response, Router
 from litestar.datastructures import State
 from litestar.di import Provide
@@ -18,29 +20,33 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
+from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from services.gateway import live, resources
-from services.gateway.auth import BearerTokenMiddleware, provide_user
-from services.gateway.controllers.admin import AdminController
-from services.gateway.controllers.downloads import DownloadsController
-from services.gateway.controllers.exports import ExportsController
-from services.gateway.controllers.metrics import MetricsController
-from services.gateway.controllers.operations import OperationsController
-from services.gateway.controllers.system import SystemController
+from services.gateway import resources
+from services.gateway.auth import BearerTokenMiddleware, User, provide_user
+from services.gateway.dead_letters.controller import AdminController
 from services.gateway.errors import GatewayError, InvalidRequest
+from services.gateway.executions.controller import MetricsController, OperationsController
+from services.gateway.exports.controller import ExportsController
+from services.gateway.exports.queries import ExportRepository
+from services.gateway.jobs import live
+from services.gateway.jobs.controller import DownloadsController
+from services.gateway.jobs.queries import JobRepository
+from services.gateway.jobs.validation import MAX_METADATA_DEPTH
+from services.gateway.outbox import OutboxRelay
 from services.gateway.reconciler import Reconciler
-from services.gateway.relay import OutboxRelay
-from services.gateway.repository import DATABASE_DOWN, JobRepository, User
-from services.gateway.schemas import MAX_METADATA_DEPTH, ErrorBody
+from services.gateway.responses import ErrorBody
 from services.gateway.span_names import RouteSpanNames, initial_span_details
+from services.gateway.system import SystemController
 from services.gateway.tracker import Tracker
 from shared.broker import create_broker
 from shared.consumer import ensure_groups
-from shared.postgres import open_pool
+from shared.postgres import DATABASE_DOWN, open_pool
 from shared.redis_client import open_redis
-from shared.storage import open_storage
+from shared.settings import Settings
+from shared.storage import Storage, open_storage
 from shared.streams import GROUPS, consumer_name
 from shared.telemetry import create_tracer_provider
 from shared.workers import worker_presence
@@ -52,7 +58,6 @@ if TYPE_CHECKING:
     from litestar.types import ExceptionHandlersMap
     from opentelemetry.trace import TracerProvider
 
-    from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +66,38 @@ POOL_MAX_SIZE = 20
 _REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
 _BEARER = "BearerToken"
 _STARTUP_OUTAGES: tuple[type[BaseException], ...] = (*DATABASE_DOWN, OSError)
+# The names the providers' and handlers' annotations use, which Litestar resolves at startup.
+_SIGNATURE_NAMESPACE = {
+    cls.__name__: cls
+    for cls in (
+        ExportRepository,
+        JobRepository,
+        OutboxRelay,
+        Pool,
+        Redis,
+        RedisBroker,
+        Settings,
+        State,
+        Storage,
+        User,
+    )
+}
+
+_OPENAPI = OpenAPIConfig(
+    title="Downlink",
+    version=API_VERSION,
+    path="/schema",
+    description="Bulk downloads over Redis Streams; see DESIGN.md for the guarantees.",
+    components=Components(
+        security_schemes={
+            _BEARER: SecurityScheme(
+                type="http",
+                scheme="bearer",
+                description="a token from `downlink token create NAME`",
+            )
+        }
+    ),
+)
 
 
 def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = None) -> Litestar:
@@ -87,28 +124,17 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
         middleware=[DefineMiddleware(BearerTokenMiddleware)],
         dependencies={"current_user": Provide(provide_user, sync_to_thread=False)},
         security=[{_BEARER: []}],
-        signature_namespace={"User": User, "State": State},
     )
     return Litestar(
         route_handlers=[SystemController, MetricsController, api],
+        # Declared once for every controller, /health and /metrics included: each handler
+        # names the resources it takes.
+        dependencies=resources.PROVIDERS,
+        signature_namespace=_SIGNATURE_NAMESPACE,
         lifespan=[lifespan],
         exception_handlers=_error_map(),
         request_class=_BoundedRequest,
-        openapi_config=OpenAPIConfig(
-            title="Downlink",
-            version=API_VERSION,
-            path="/schema",
-            description="Bulk downloads over Redis Streams; see DESIGN.md for the guarantees.",
-            components=Components(
-                security_schemes={
-                    _BEARER: SecurityScheme(
-                        type="http",
-                        scheme="bearer",
-                        description="a token from `downlink token create NAME`",
-                    )
-                }
-            ),
-        ),
+        openapi_config=_OPENAPI,
         plugins=_telemetry_plugins(tracer_provider),
         # The CLI configures logging (JSON lines); Litestar must not install its own.
         logging_config=None,
@@ -185,7 +211,7 @@ async def _open_resources(
         await broker.connect()
         stack.push_async_callback(broker.stop)
         storage = open_storage(settings.storage_url)
-        retention_s = settings.retention_days * 86_400
+        retention_s = settings.retention_s
         relay = OutboxRelay(
             pool,
             broker,
@@ -210,6 +236,7 @@ async def _open_resources(
                 redis=redis,
                 storage=storage,
                 repository=JobRepository(pool),
+                exports=ExportRepository(pool),
                 relay=relay,
                 broker=broker,
             ),
@@ -320,7 +347,7 @@ def _on_validation_error(
 def _name_field(problem: dict[str, Any]) -> str:
     message = str(problem.get("message", "invalid"))
     key = str(problem.get("key") or "")
-    # "data" is the whole body: our own messages (schemas.py) already start with the field.
+    # "data" is the whole body: our own messages (the schemas) already start with the field.
     if not key or key == "data":
         return message
     if problem.get("source") == "header":

@@ -6,9 +6,16 @@ DownlinkError (shared.errors)
     ├── NotFound              404  missing, or another user's
     │   ├── JobNotFound
     │   ├── FileNotFound
+    │   ├── ExportNotFound
     │   └── DeadLetterNotFound
+    ├── PathRefused           403  an absolute path outside the user's area, a symbolic link,
+    │                              or a stored file not of its recorded size
     ├── JobAlreadyEnded       409  the job reached a final state before the request
     ├── CannotRedrive         409  a dead letter whose work may not run again (cancelled job)
+    ├── NotExportable         409  a file without stored bytes, or an empty selection
+    ├── ExportNotReady        409  the archive is not built (yet)
+    ├── ExportAlreadyEnded    409  cancel of an export that is ready, failed or cancelled
+    ├── ExportTooLarge        413  over DOWNLINK_MAX_EXPORT_SIZE or the item limit
     ├── RangeNotSatisfiable   416  a Range header outside the stored bytes
     └── ServiceUnavailable    503  PostgreSQL or Redis cannot be reached
 """
@@ -51,6 +58,11 @@ class FileNotFound(NotFound):
         super().__init__(f"file {file_id} {reason}")
 
 
+class ExportNotFound(NotFound):
+    def __init__(self, export_id: str) -> None:
+        super().__init__(f"export {export_id} not found")
+
+
 class DeadLetterNotFound(NotFound):
     def __init__(self, letter_id: str) -> None:
         super().__init__(f"dead letter {letter_id} not found")
@@ -68,6 +80,38 @@ class CannotRedrive(GatewayError):
     """A dead letter whose work must not run again; the message says why."""
 
     status_code = 409
+
+
+class PathRefused(GatewayError):
+    """A path that points outside the caller's own files; the message names it."""
+
+    status_code = 403
+
+
+class NotExportable(GatewayError):
+    """Something in the selection has no stored bytes, or nothing in it has."""
+
+    status_code = 409
+
+
+class ExportNotReady(GatewayError):
+    status_code = 409
+
+    def __init__(self, export_id: str, status: str) -> None:
+        super().__init__(
+            f"export {export_id} is {status}; its archive can be downloaded once ready"
+        )
+
+
+class ExportAlreadyEnded(GatewayError):
+    status_code = 409
+
+    def __init__(self, export_id: str, status: str) -> None:
+        super().__init__(f"export {export_id} already ended: {status}")
+
+
+class ExportTooLarge(GatewayError):
+    status_code = 413
 
 
 class RangeNotSatisfiable(GatewayError):

@@ -2,8 +2,9 @@
 
 PostgreSQL is the record and Redis the transport; every pass compares the two. One gateway at a
 time runs a pass (a PostgreSQL advisory lock), every `DOWNLINK_RECONCILE_INTERVAL` seconds.
-Each kind of command it keeps alive is a `repository.CommandKind` listed in COMMAND_KINDS: a
-new kind of work joins by registering its own there, and every pass loops over them.
+Each kind of command it keeps alive is an `outbox.CommandKind` its area defines, listed in
+COMMAND_KINDS: a new kind of work joins by registering its own there, and every pass loops
+over them. A job past its timeout ends by the job lifecycle's own end rule.
 """
 
 from __future__ import annotations
@@ -18,13 +19,16 @@ from typing import TYPE_CHECKING
 import asyncpg
 from redis.exceptions import RedisError
 
-from services.gateway import exports, processing, repository
-from services.gateway.cancellation import announce_cancel
-from services.gateway.relay import trace_headers
-from services.gateway.repository import DATABASE_DOWN, CommandKind
-from services.gateway.tracker import settle_job
+from services.gateway.exports.commands import EXPORTS
+from services.gateway.jobs.cancellation import announce_cancel
+from services.gateway.jobs.commands import DOWNLOADS
+from services.gateway.jobs.lifecycle import TimedOutJob, time_out_job, timed_out_jobs
+from services.gateway.outbox import CommandKind, QueuedCommand, requeue
+from services.gateway.processing.commands import COMPOSITES, FILE_PROCESSING
 from shared.consumer import ensure_groups
+from shared.postgres import DATABASE_DOWN
 from shared.streams import DOWNLOAD_LANES, EVENTS_STREAM, GROUPS, live_key
+from shared.telemetry import trace_headers
 from shared.trim import cap_dead_letters, trim_stream
 
 if TYPE_CHECKING:
@@ -42,17 +46,11 @@ RECONCILE_LOCK = int.from_bytes(hashlib.sha256(b"downlink-reconciler").digest()[
 # arrives every second while bytes flow, and leases are renewed well inside claim_idle_s.
 MIN_STALE_S = 60.0
 STALE_CLAIM_FACTOR = 4
-_SECONDS_PER_DAY = 86_400
 _OUTAGES: tuple[type[BaseException], ...] = (*DATABASE_DOWN, RedisError, OSError)
 # The streams groups consume; the dead-letter stream is capped by length instead.
 TRIMMED_STREAMS: tuple[str, ...] = (*DOWNLOAD_LANES, EVENTS_STREAM)
 # Every command whose unfinished work PostgreSQL knows, in the order a pass brings them back.
-COMMAND_KINDS: tuple[CommandKind, ...] = (
-    repository.DOWNLOADS,
-    processing.FILE_PROCESSING,
-    processing.COMPOSITES,
-    exports.EXPORTS,
-)
+COMMAND_KINDS: tuple[CommandKind, ...] = (DOWNLOADS, FILE_PROCESSING, COMPOSITES, EXPORTS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,15 +176,11 @@ class Reconciler:
             missing = await self._missing_live_keys(batch)
             if missing:
                 async with self._pool.acquire() as connection, connection.transaction():
-                    republished += await repository.requeue(
-                        connection, kind, missing, headers=trace_headers()
-                    )
+                    republished += await requeue(connection, kind, missing, headers=trace_headers())
             if len(batch) < self._batch_size:
                 return republished
 
-    async def _missing_live_keys(
-        self, commands: Sequence[repository.QueuedCommand]
-    ) -> list[repository.QueuedCommand]:
+    async def _missing_live_keys(self, commands: Sequence[QueuedCommand]) -> list[QueuedCommand]:
         # One round trip per batch. A Redis still loading its data answers with an error, not
         # with "missing", so a restart never looks like a loss.
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -205,7 +199,7 @@ class Reconciler:
                 batch = await kind.stale(connection, self.stale_after_s, self._batch_size)
                 # The rows written here exclude this work from the next query, so the loop
                 # moves on without a cursor.
-                written = await repository.requeue(connection, kind, batch, headers=trace_headers())
+                written = await requeue(connection, kind, batch, headers=trace_headers())
             republished += written
             if len(batch) < self._batch_size or not written:
                 return republished
@@ -217,7 +211,7 @@ class Reconciler:
         ended = 0
         while True:
             async with self._pool.acquire() as connection:
-                jobs = await repository.timed_out_jobs(
+                jobs = await timed_out_jobs(
                     connection, default_timeout_s=default_s, limit=self._batch_size
                 )
             ended_now = 0
@@ -228,24 +222,16 @@ class Reconciler:
             if len(jobs) < self._batch_size or not ended_now:
                 return ended
 
-    async def _time_out(self, job: repository.TimedOutJob, default_s: float) -> bool:
-        error = f"job timed out after {job.timeout_s} s"
+    async def _time_out(self, job: TimedOutJob, default_s: float) -> bool:
         async with self._pool.acquire() as connection, connection.transaction():
-            # Checked again under the lock: the job may have ended or been re-driven since.
-            status = await repository.lock_timed_out_job(
-                connection, job.job_id, default_timeout_s=default_s
-            )
-            if status is None:
-                return False
-            failed = await repository.fail_open_files(connection, job.job_id, error)
-            await settle_job(connection, job.job_id, status)
+            failed = await time_out_job(connection, job, default_timeout_s=default_s)
+        if failed is None:
+            return False
         log.warning(
             "job %s timed out after %d s; %d files failed", job.job_id, job.timeout_s, failed
         )
         # The user's cancel path: queued commands of the job are skipped, running ones aborted.
-        await announce_cancel(
-            self._redis, job.job_id, ttl_s=self._settings.retention_days * _SECONDS_PER_DAY
-        )
+        await announce_cancel(self._redis, job.job_id, ttl_s=self._settings.retention_s)
         return True
 
     # --- bounded streams ------------------------------------------------------------------------

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from litestar.di import Provide
 
 if TYPE_CHECKING:
     import asyncpg
-    from asyncpg import Pool
     from faststream.redis import RedisBroker
     from litestar.datastructures import State
     from redis.asyncio import Redis
 
-    from services.gateway.relay import OutboxRelay
-    from services.gateway.repository import JobRepository
+    from services.gateway.exports.queries import ExportRepository
+    from services.gateway.jobs.queries import JobRepository
+    from services.gateway.outbox import OutboxRelay
     from shared.settings import Settings
     from shared.storage import Storage
 
@@ -29,6 +33,7 @@ class Resources:
     redis: Redis
     storage: Storage
     repository: JobRepository
+    exports: ExportRepository
     relay: OutboxRelay
     broker: RedisBroker
 
@@ -46,32 +51,17 @@ def resources_of(state: State) -> Resources:
     return resources
 
 
-# Providers for `Provide(...)`; Litestar injects `state` by name.
+def _provider(name: str) -> Callable[[State], Any]:
+    def provide(state: State) -> Any:
+        return getattr(resources_of(state), name)
+
+    provide.__name__ = f"provide_{name}"
+    return provide
 
 
-def provide_repository(state: State) -> JobRepository:
-    return resources_of(state).repository
-
-
-def provide_relay(state: State) -> OutboxRelay:
-    return resources_of(state).relay
-
-
-def provide_redis(state: State) -> Redis:
-    return resources_of(state).redis
-
-
-def provide_storage(state: State) -> Storage:
-    return resources_of(state).storage
-
-
-def provide_settings(state: State) -> Settings:
-    return resources_of(state).settings
-
-
-def provide_broker(state: State) -> RedisBroker:
-    return resources_of(state).broker
-
-
-def provide_pool(state: State) -> Pool:
-    return resources_of(state).pool
+# Declared once, on the application (app.py): a handler names the ones it needs, each one of
+# the open Resources by its field name. Litestar injects `state` into a provider by name.
+PROVIDERS = {
+    field.name: Provide(_provider(field.name), sync_to_thread=False)
+    for field in dataclasses.fields(Resources)
+}

@@ -1,140 +1,90 @@
 """The tracker: projects `downlink:events` into PostgreSQL and finishes jobs (the saga's end).
 
-Each event is applied in one transaction together with its id in `processed_events`, so a
-redelivered event changes nothing; the UPDATEs only move state forward, so an event arriving out
-of order changes nothing either. When a job's last file reaches a final state, the same
-transaction settles the job and queues its JobFinished event in the outbox.
+Every event goes through one template: its history first, then in one transaction its id
+claimed in `processed_events` (a redelivered event changes nothing), its subject locked, its
+area's projector applied (UPDATEs that only move state forward, so an event arriving out of
+order changes nothing either), and the job's end rule, which settles the job once its last
+file and its processing ended and queues its JobFinished event in the outbox.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import TYPE_CHECKING
 
 import asyncpg
 import msgspec
 
-from services.gateway import exports, history, processing, repository
-from services.gateway.relay import trace_headers
-from services.gateway.repository import DATABASE_DOWN
-from services.gateway.statuses import FINAL_JOB_STATUSES, JobStatus
+from services.gateway.executions import history
+from services.gateway.exports.projection import PROJECTORS as EXPORT_PROJECTORS
+from services.gateway.jobs.lifecycle import settle_job
+from services.gateway.jobs.projection import PROJECTORS as FILE_PROJECTORS
+from services.gateway.processing.projection import PROJECTORS as PROCESSING_PROJECTORS
+from services.gateway.projection import Projector, claim_event
 from shared.consumer import ConsumerPolicy, Delivery, StreamConsumer
 from shared.errors import PoisonMessage
-from shared.events import (
-    ENCODER,
-    EVENT_DECODER,
-    ArtifactCreated,
-    CompositeFinished,
-    ExportEvent,
-    FileDownloaded,
-    FileFailed,
-    FileProcessed,
-    FileProgress,
-    FileStarted,
-    JobFinished,
-)
-from shared.ids import new_event_id
+from shared.events import EVENT_DECODER
+from shared.postgres import DATABASE_DOWN
 from shared.streams import EVENTS_STREAM, TRACKER_GROUP, consumer_name
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     from opentelemetry.trace import TracerProvider
     from redis.asyncio import Redis
 
     from shared.events import PipelineEvent
-    from shared.ids import JobId
     from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
 TRACKER_CONCURRENCY = 8
-# Events whose projection may queue outgoing rows: a job's end, processing commands.
-_MAY_WRITE_OUTBOX = (
-    FileDownloaded,
-    FileFailed,
-    ArtifactCreated,
-    FileProcessed,
-    CompositeFinished,
-)
 _MAX_DB_WAIT_S = 10.0
 
-
-async def project(connection: asyncpg.Connection, event: PipelineEvent) -> None:
-    """Apply one event to PostgreSQL; a replayed or out-of-order event changes nothing."""
-    await history.record(connection, event)  # first: a job's log is whole before it can end
-    if isinstance(event, ExportEvent):  # an export has an export_id, not a job_id
-        await exports.project_export_event(connection, event)
-        return
-    if isinstance(event, ArtifactCreated | FileProcessed | CompositeFinished):
-        await processing.project(connection, event, settle=settle_job)
-        return
-    if not isinstance(event, FileStarted | FileProgress | FileDownloaded | FileFailed):
-        return  # JobFinished is the tracker's own output; the rest are not projected yet
-    if isinstance(event, FileProgress):
-        # Not recorded in processed_events: progress is idempotent by itself (GREATEST, and
-        # only while downloading) and far too frequent to keep a row per event.
-        await repository.file_progress(connection, event)
-        return
-    async with connection.transaction():
-        if not await repository.claim_event(connection, event.event_id):
-            return
-        # Locking the job first serialises the events of one job and orders the locks the way
-        # cancellation does (job, then files), so the two cannot deadlock.
-        job_status = await repository.lock_job(connection, event.job_id)
-        if job_status is None:
-            return
-        if isinstance(event, FileStarted):
-            if await repository.file_started(connection, event):
-                await repository.mark_job_in_progress(connection, event.job_id)
-            return
-        if isinstance(event, FileDownloaded):
-            changed = await repository.file_downloaded(connection, event)
-            if changed:  # queues its processing and the composites now complete
-                await processing.after_download(connection, event)
-        else:
-            changed = await repository.file_failed(connection, event)
-        if changed:
-            await settle_job(connection, event.job_id, job_status)
+# Every projected event type and its area's projector. JobFinished (the tracker's own output)
+# and FileRetrying are recorded in the history only.
+PROJECTORS: dict[type, Projector] = {
+    **FILE_PROJECTORS,
+    **PROCESSING_PROJECTORS,
+    **EXPORT_PROJECTORS,
+}
 
 
-async def settle_job(connection: asyncpg.Connection, job_id: JobId, status: JobStatus) -> None:
-    """Finish the job when none of its files is open any more (the caller locked the job row).
+async def project(connection: asyncpg.Connection, event: PipelineEvent) -> bool:
+    """Apply one event to PostgreSQL; a replayed or out-of-order event changes nothing.
 
-    The one rule for a job's end (completed, partial or failed) and its JobFinished event:
-    the tracker applies it after each file's end, the reconciler after a job timed out.
+    Returns whether it may have queued outbox rows (a job's end, processing commands).
     """
-    if status in FINAL_JOB_STATUSES:
-        return  # cancelled stays cancelled
-    counts = await repository.file_counts(connection, job_id)
-    if counts.open:
-        await repository.mark_job_in_progress(connection, job_id)
+    return await project_batch(connection, [event])
+
+
+async def project_batch(connection: asyncpg.Connection, events: Sequence[PipelineEvent]) -> bool:
+    """Apply `events` in order, their projections in one transaction; whether any may have
+    queued outbox rows."""
+    for event in events:
+        await history.record(connection, event)  # first: a job's log is whole before it ends
+    projected = [(PROJECTORS[type(e)], e) for e in events if type(e) in PROJECTORS]
+    if not projected:
+        return False
+    async with connection.transaction():
+        for projector, event in projected:
+            await _apply(connection, projector, event)
+    return any(projector.writes_outbox for projector, _ in projected)
+
+
+async def _apply(
+    connection: asyncpg.Connection, projector: Projector, event: PipelineEvent
+) -> None:
+    """The template, inside the caller's transaction: claim, lock, apply, settle."""
+    if projector.claimed and not await claim_event(connection, event.event_id):
         return
-    if await processing.open_work(connection, job_id):  # a job ends after its processing
-        await repository.mark_job_in_progress(connection, job_id)
+    locked = await projector.lock(connection, event)
+    if locked is None:
         return
-    if counts.completed == counts.total:
-        final = JobStatus.COMPLETED
-    elif counts.completed:
-        final = JobStatus.PARTIAL
-    else:
-        final = JobStatus.FAILED
-    await repository.finish_job(connection, job_id, final)
-    finished = JobFinished(
-        event_id=new_event_id(),
-        job_id=job_id,
-        at=time.time(),
-        status=final,
-        successful=counts.completed,
-        failed=counts.failed + counts.cancelled,
-    )
-    await repository.add_to_outbox(
-        connection, EVENTS_STREAM, ENCODER.encode(finished), headers=trace_headers()
-    )
-    await exports.export_finished_job(connection, job_id, final)  # when the job asked for one
-    log.info("job %s finished: %s (%d of %d stored)", job_id, final, counts.completed, counts.total)
+    ended = await projector.apply(connection, event)
+    if ended and locked.job_id is not None and locked.job_status is not None:
+        await settle_job(connection, locked.job_id, locked.job_status)
 
 
 class Tracker:
@@ -187,13 +137,13 @@ class Tracker:
             event = EVENT_DECODER.decode(delivery.body)
         except msgspec.DecodeError as exc:
             raise PoisonMessage(f"undecodable event {delivery.entry_id}: {exc}") from exc
-        await self._project_until_done(event)
-        if isinstance(event, _MAY_WRITE_OUTBOX) and self._on_outbox_written:
+        wrote_outbox = await self._project_until_done(event)
+        if wrote_outbox and self._on_outbox_written:
             # The job may have finished (its JobFinished row should leave now, not at the poll),
             # or a download queued its processing.
             self._on_outbox_written()
 
-    async def _project_until_done(self, event: PipelineEvent) -> None:
+    async def _project_until_done(self, event: PipelineEvent) -> bool:
         # PostgreSQL is the record: while it is down, hold the entry (its lease is renewed)
         # instead of burning retries towards the dead-letter stream. On shutdown the task is
         # cancelled and the entry stays pending for the next start.
@@ -201,12 +151,10 @@ class Tracker:
         while True:
             try:
                 async with self._pool.acquire() as connection:
-                    await project(connection, event)
+                    return await project(connection, event)
             except asyncpg.DataError as exc:
                 raise PoisonMessage(f"event {event.event_id} does not fit: {exc}") from exc
             except DATABASE_DOWN as exc:
                 log.warning("tracker: PostgreSQL unavailable (%s); retrying in %.1fs", exc, delay_s)
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, _MAX_DB_WAIT_S)
-            else:
-                return

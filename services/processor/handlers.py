@@ -30,12 +30,14 @@ from shared.events import (
     FileProcessed,
     ProcessFile,
 )
-from shared.ids import new_event_id
+from shared.ids import ArtifactId, new_event_id
+from shared.storage import keys
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from shared.broker import EventPublisher
+    from shared.composites import CompositeKind
     from shared.events import ArtifactKind, ProcessStep
     from shared.ids import JobId
 
@@ -46,6 +48,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 PNG = "image/png"
+JSON = "application/json"
 # Artifact ids are derived, not drawn: a redelivered command overwrites the same objects and
 # the tracker upserts the same rows, so a retry never leaves duplicates behind.
 _ARTIFACT_NAMESPACE = uuid.UUID("5d9c4a51-93f1-4a4e-9d3b-5f0f1f6c2a10")
@@ -87,19 +90,16 @@ class ProcessDeps:
     tracer: trace.Tracer = tracer
 
 
-def artifact_id(owner_id: str, kind: str) -> str:
+def artifact_id(owner_id: str, kind: str) -> ArtifactId:
     """The id of the `kind` artifact of a file or composite: the same on every try."""
-    return str(uuid.uuid5(_ARTIFACT_NAMESPACE, f"{owner_id}/{kind}"))
+    return ArtifactId(str(uuid.uuid5(_ARTIFACT_NAMESPACE, f"{owner_id}/{kind}")))
 
 
 def artifact_prefix(command: ProcessFile | BuildComposite) -> str:
     """Where a command's outputs live: the owner's area, beside (never inside) job folders."""
-    owner = (
-        command.file_id
-        if isinstance(command, ProcessFile)
-        else f"composites/{command.composite_id}"
-    )
-    return f"{command.user_id}/artifacts/{command.job_id}/{owner}"
+    if isinstance(command, ProcessFile):
+        return keys.artifact_prefix(command.user_id, command.job_id, file_id=command.file_id)
+    return keys.artifact_prefix(command.user_id, command.job_id, composite_id=command.composite_id)
 
 
 # --- per-file steps ---------------------------------------------------------------------------
@@ -183,39 +183,74 @@ async def _run_step(
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class Output:
+    """One file a task writes: its artifact kind, its name in the owner's area, its media type."""
+
+    kind: ArtifactKind
+    filename: str
+    content_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class StepSpec:
+    """How one per-file step runs and what it leaves behind.
+
+    Attributes:
+        task: the pool function, called with the source's path, then the output's if any.
+        timeout: the StepTimeouts field that bounds the task.
+        filename: the output's name, `{stem}` being the source's; None when the facts are the
+            whole artifact and nothing is stored.
+        content_type: the artifact's media type.
+    """
+
+    task: Callable[..., dict[str, Any]]
+    timeout: str
+    filename: str | None
+    content_type: str
+
+
+STEPS: dict[ProcessStep, StepSpec] = {
+    "metadata": StepSpec(tasks.extract_metadata, "metadata_s", None, JSON),
+    "thumbnail": StepSpec(tasks.make_thumbnail, "thumbnail_s", "{stem}.thumbnail.png", PNG),
+    "cog": StepSpec(tasks.make_cog, "cog_s", "{stem}.cog.tif", tasks.COG_CONTENT_TYPE),
+}
+
+
 async def _make(
     step: ProcessStep, command: ProcessFile, source: Path, workdir: Path, deps: ProcessDeps
 ) -> ArtifactCreated:
-    timeouts = deps.timeouts
-    if step == "metadata":
-        facts = await deps.runner.run(timeouts.metadata_s, tasks.extract_metadata, str(source))
-        return _artifact(command, "metadata", facts)
-    stem = _stem(command.filename)
-    if step == "thumbnail":
-        name, content_type = f"{stem}.thumbnail.png", PNG
-        output = workdir / name
-        facts = await deps.runner.run(
-            timeouts.thumbnail_s,
-            tasks.make_thumbnail,
-            str(source),
-            str(output),
-            tasks.THUMBNAIL_MAX_PX,
-        )
-    else:
-        name, content_type = f"{stem}.cog.tif", tasks.COG_CONTENT_TYPE
-        output = workdir / name
-        facts = await deps.runner.run(timeouts.cog_s, tasks.make_cog, str(source), str(output))
-    new_id = artifact_id(command.file_id, step)
-    stored = await deps.staging.store(output, f"{artifact_prefix(command)}/{name}", new_id)
+    """Run `step` on the source: its artifact, stored first when the step writes a file."""
+    spec = STEPS[step]
+    timeout_s: float = getattr(deps.timeouts, spec.timeout)
+    if spec.filename is None:
+        facts = await deps.runner.run(timeout_s, spec.task, str(source))
+        return _artifact(command, step, facts, content_type=spec.content_type)
+    output = Output(step, spec.filename.format(stem=_stem(command.filename)), spec.content_type)
+    path = workdir / output.filename
+    facts = await deps.runner.run(timeout_s, spec.task, str(source), str(path))
+    return await _stored(command, output, path, facts, deps)
+
+
+async def _stored(
+    command: ProcessFile | BuildComposite,
+    output: Output,
+    path: Path,
+    facts: dict[str, Any],
+    deps: ProcessDeps,
+) -> ArtifactCreated:
+    """Commit the file at `path` to the command's area and describe it as an artifact."""
+    new_id = artifact_id(_owner_id(command), output.kind)
+    stored = await deps.staging.store(path, f"{artifact_prefix(command)}/{output.filename}", new_id)
     return _artifact(
         command,
-        step,
+        output.kind,
         facts,
         artifact=new_id,
         filepath=stored.key,
         size=stored.size,
         sha256=stored.sha256,
-        content_type=content_type,
+        content_type=output.content_type,
     )
 
 
@@ -224,28 +259,33 @@ def _artifact(
     kind: ArtifactKind,
     facts: dict[str, Any],
     *,
-    artifact: str | None = None,
+    artifact: ArtifactId | None = None,
     filepath: str | None = None,
     size: int = 0,
     sha256: str = "",
-    content_type: str | None = None,
+    content_type: str,
 ) -> ArtifactCreated:
-    is_file = isinstance(command, ProcessFile)
-    owner = command.file_id if isinstance(command, ProcessFile) else command.composite_id
+    file_id = command.file_id if isinstance(command, ProcessFile) else None
+    composite_id = command.composite_id if isinstance(command, BuildComposite) else None
     return ArtifactCreated(
         event_id=new_event_id(),
         job_id=command.job_id,
         at=time.time(),
-        artifact_id=artifact or artifact_id(owner, kind),
+        artifact_id=artifact or artifact_id(_owner_id(command), kind),
         kind=kind,
-        file_id=command.file_id if isinstance(command, ProcessFile) else None,
-        composite_id=None if is_file else owner,
+        file_id=file_id,
+        composite_id=composite_id,
         filepath=filepath,
         size=size,
         sha256=sha256,
-        content_type=content_type or ("application/json" if filepath is None else None),
+        content_type=content_type,
         metadata=facts,
     )
+
+
+def _owner_id(command: ProcessFile | BuildComposite) -> str:
+    """The file or composite whose artifacts a command makes."""
+    return command.file_id if isinstance(command, ProcessFile) else command.composite_id
 
 
 def _stem(filename: str) -> str:
@@ -306,80 +346,57 @@ async def build_composite(command: BuildComposite, deps: ProcessDeps) -> Composi
     return finished
 
 
+@dataclass(frozen=True, slots=True)
+class CompositeSpec:
+    """How one composite kind is built and which artifacts it yields.
+
+    Attributes:
+        task: the pool function, called with the band paths, the crop bounds, then one path
+            per output in order.
+        outputs: the files the task writes, announced in this order.
+        facts_keys: the key of the task's facts holding an output's own facts; outputs not
+            named here share the rest.
+    """
+
+    task: Callable[..., dict[str, Any]]
+    outputs: tuple[Output, ...]
+    facts_keys: dict[ArtifactKind, str] = field(default_factory=dict)
+
+
+COMPOSITE_OUTPUTS: dict[CompositeKind, CompositeSpec] = {
+    "ndvi": CompositeSpec(tasks.build_ndvi, (Output("ndvi", "ndvi.tif", tasks.COG_CONTENT_TYPE),)),
+    "rgb": CompositeSpec(
+        tasks.build_rgb,
+        (
+            Output("rgb", "rgb.tif", tasks.COG_CONTENT_TYPE),
+            Output("rgb_preview", "rgb_preview.png", PNG),
+        ),
+        facts_keys={"rgb_preview": "preview"},
+    ),
+}
+
+
 async def _composite(command: BuildComposite, deps: ProcessDeps) -> list[ArtifactCreated]:
-    prefix = artifact_prefix(command)
+    """Build the composite from its staged bands and store every output it wrote."""
+    spec = COMPOSITE_OUTPUTS[command.kind]
     with deps.staging.workdir() as workdir:
         async with _sources(command.bands, deps.staging, workdir) as paths:
-            if command.kind == "ndvi":
-                output = workdir / "ndvi.tif"
-                facts = await deps.runner.run(
-                    deps.timeouts.composite_s, tasks.build_ndvi, paths, command.bounds, str(output)
-                )
-                return [
-                    await _stored(
-                        command,
-                        "ndvi",
-                        output,
-                        prefix=prefix,
-                        facts=facts,
-                        content_type=tasks.COG_CONTENT_TYPE,
-                        deps=deps,
-                    )
-                ]
-            output, preview = workdir / "rgb.tif", workdir / "rgb_preview.png"
+            files = [workdir / output.filename for output in spec.outputs]
             facts = await deps.runner.run(
-                deps.timeouts.composite_s,
-                tasks.build_rgb,
-                paths,
-                command.bounds,
-                str(output),
-                str(preview),
+                deps.timeouts.composite_s, spec.task, paths, command.bounds, *map(str, files)
             )
-            preview_facts = facts.pop("preview", {})
+            split = zip(spec.outputs, files, _split_facts(facts, spec), strict=True)
             return [
-                await _stored(
-                    command,
-                    "rgb",
-                    output,
-                    prefix=prefix,
-                    facts=facts,
-                    content_type=tasks.COG_CONTENT_TYPE,
-                    deps=deps,
-                ),
-                await _stored(
-                    command,
-                    "rgb_preview",
-                    preview,
-                    prefix=prefix,
-                    facts=preview_facts,
-                    content_type=PNG,
-                    deps=deps,
-                ),
+                await _stored(command, output, path, output_facts, deps)
+                for output, path, output_facts in split
             ]
 
 
-async def _stored(
-    command: BuildComposite,
-    kind: ArtifactKind,
-    output: Path,
-    *,
-    prefix: str,
-    facts: dict[str, Any],
-    content_type: str,
-    deps: ProcessDeps,
-) -> ArtifactCreated:
-    new_id = artifact_id(command.composite_id, kind)
-    stored = await deps.staging.store(output, f"{prefix}/{output.name}", new_id)
-    return _artifact(
-        command,
-        kind,
-        facts,
-        artifact=new_id,
-        filepath=stored.key,
-        size=stored.size,
-        sha256=stored.sha256,
-        content_type=content_type,
-    )
+def _split_facts(facts: dict[str, Any], spec: CompositeSpec) -> list[dict[str, Any]]:
+    """Each output's facts, in output order: its own key of `facts`, or all the unclaimed rest."""
+    rest = dict(facts)
+    own = {kind: rest.pop(key, {}) for kind, key in spec.facts_keys.items()}
+    return [own.get(output.kind, rest) for output in spec.outputs]
 
 
 @contextlib.asynccontextmanager

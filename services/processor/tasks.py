@@ -14,8 +14,9 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import numpy as np
 import rasterio
@@ -44,6 +45,9 @@ from services.processor.rasters import (
     to_uint8,
 )
 from services.processor.sniff import PICTURE_KINDS, RASTER_KINDS, sniff
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
 
 THUMBNAIL_MAX_PX = 256
 PREVIEW_MAX_PX = 1024
@@ -395,30 +399,8 @@ def build_ndvi(
     """NDVI = (nir - red) / (nir + red) as a float32 COG; no data where either band has none
     or both are zero."""
     staging = f"{dst}.strips.tif"
-    total = 0
-    valid_count = 0
-    low, high, running_sum = np.inf, -np.inf, 0.0
     with _aligned(bands, NDVI_BANDS, bounds) as (grid, aligned):
-        profile = _strip_profile(grid, dtype="float32", count=1, nodata=NDVI_NODATA)
-        with rasterio.open(staging, "w", **profile) as out:
-            for window in grid.strips():
-                red = aligned["red"].read(window)
-                nir = aligned["nir"].read(window)
-                red_values = np.ma.getdata(red).astype(np.float64)
-                nir_values = np.ma.getdata(nir).astype(np.float64)
-                total_light = nir_values + red_values
-                valid = ~(np.ma.getmaskarray(red) | np.ma.getmaskarray(nir)) & (total_light != 0)
-                ndvi = np.full(red_values.shape, NDVI_NODATA, dtype=np.float32)
-                ndvi[valid] = ((nir_values[valid] - red_values[valid]) / total_light[valid]).astype(
-                    np.float32
-                )
-                out.write(ndvi, 1, window=window)
-                total += ndvi.size
-                if valid.any():
-                    valid_count += int(valid.sum())
-                    low = min(low, float(ndvi[valid].min()))
-                    high = max(high, float(ndvi[valid].max()))
-                    running_sum += float(ndvi[valid].astype(np.float64).sum())
+        stats = _write_ndvi_strips(grid, aligned, staging)
         reprojected = [role for role, band in aligned.items() if band.reprojected]
     try:
         with rasterio.open(staging) as strips:
@@ -427,14 +409,64 @@ def build_ndvi(
         Path(staging).unlink(missing_ok=True)
     return _validated(dst) | {
         "kind": "ndvi",
-        "valid_pixels": valid_count,
-        "nodata_pixels": total - valid_count,
-        "min": low if valid_count else None,
-        "max": high if valid_count else None,
-        "mean": running_sum / valid_count if valid_count else None,
+        **stats.facts(),
         "reprojected_bands": reprojected,
         "crop_bounds_wgs84": list(bounds) if bounds else None,
     }
+
+
+@dataclass
+class _NdviStats:
+    """Statistics of the valid NDVI values, gathered strip by strip."""
+
+    pixels: int = 0
+    valid: int = 0
+    low: float = np.inf
+    high: float = -np.inf
+    total: float = 0.0
+
+    def add(self, ndvi: NDArray[np.float32], valid: NDArray[np.bool_]) -> None:
+        self.pixels += ndvi.size
+        if valid.any():
+            values = ndvi[valid]
+            self.valid += int(valid.sum())
+            self.low = min(self.low, float(values.min()))
+            self.high = max(self.high, float(values.max()))
+            self.total += float(values.astype(np.float64).sum())
+
+    def facts(self) -> dict[str, Any]:
+        return {
+            "valid_pixels": self.valid,
+            "nodata_pixels": self.pixels - self.valid,
+            "min": self.low if self.valid else None,
+            "max": self.high if self.valid else None,
+            "mean": self.total / self.valid if self.valid else None,
+        }
+
+
+def _write_ndvi_strips(grid: Grid, aligned: dict[str, AlignedBand], staging: str) -> _NdviStats:
+    """Write the NDVI of the aligned bands to `staging`, one strip at a time."""
+    stats = _NdviStats()
+    profile = _strip_profile(grid, dtype="float32", count=1, nodata=NDVI_NODATA)
+    with rasterio.open(staging, "w", **profile) as out:
+        for window in grid.strips():
+            ndvi, valid = _ndvi(aligned["red"].read(window), aligned["nir"].read(window))
+            out.write(ndvi, 1, window=window)
+            stats.add(ndvi, valid)
+    return stats
+
+
+def _ndvi(
+    red: np.ma.MaskedArray[Any, Any], nir: np.ma.MaskedArray[Any, Any]
+) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
+    """NDVI of one strip (NDVI_NODATA where invalid) and where it is valid."""
+    red_values = np.ma.getdata(red).astype(np.float64)
+    nir_values = np.ma.getdata(nir).astype(np.float64)
+    total_light = nir_values + red_values
+    valid = ~(np.ma.getmaskarray(red) | np.ma.getmaskarray(nir)) & (total_light != 0)
+    ndvi = np.full(red_values.shape, NDVI_NODATA, dtype=np.float32)
+    ndvi[valid] = ((nir_values[valid] - red_values[valid]) / total_light[valid]).astype(np.float32)
+    return ndvi, valid
 
 
 @_input_errors
@@ -448,29 +480,8 @@ def build_rgb(
     """An 8-bit true-colour COG (red, green, blue stretched 2-98 %) and a PNG preview of it."""
     staging = f"{dst}.strips.tif"
     with _aligned(bands, RGB_BANDS, bounds) as (grid, aligned):
-        # One stretch for the whole image, from a decimated read: strips must not each get
-        # their own, or the seams would show.
-        sample_shape = out_shape(grid.width, grid.height, PREVIEW_MAX_PX)
-        full = Window(0, 0, grid.width, grid.height)
-        limits = {}
-        for role in RGB_BANDS:
-            band = aligned[role]
-            if needs_stretch(band.dataset.dtypes[0]):
-                limits[role] = percentile_limits(band.read(full, shape=sample_shape))
-            else:
-                limits[role] = (0.0, 255.0)
-        profile = _strip_profile(grid, dtype="uint8", count=3, nodata=0)
-        profile["photometric"] = "RGB"
-        with rasterio.open(staging, "w", **profile) as out:
-            for window in grid.strips():
-                reads = [aligned[role].read(window) for role in RGB_BANDS]
-                missing = np.zeros(reads[0].shape, dtype=bool)
-                for read in reads:
-                    missing |= np.ma.getmaskarray(read)
-                for index, (role, read) in enumerate(zip(RGB_BANDS, reads, strict=True), 1):
-                    channel = to_uint8(read, *limits[role])
-                    channel[missing] = 0
-                    out.write(channel, index, window=window)
+        limits = _rgb_limits(grid, aligned)
+        _write_rgb_strips(grid, aligned, limits, staging)
         reprojected = [role for role, band in aligned.items() if band.reprojected]
     try:
         with rasterio.open(staging) as strips:
@@ -485,6 +496,44 @@ def build_rgb(
         "crop_bounds_wgs84": list(bounds) if bounds else None,
         "preview": preview_facts,
     }
+
+
+def _rgb_limits(grid: Grid, aligned: dict[str, AlignedBand]) -> dict[str, tuple[float, float]]:
+    """The stretch of each colour band, one for the whole image, from a decimated read.
+
+    Strips must not each get their own, or the seams would show.
+    """
+    sample_shape = out_shape(grid.width, grid.height, PREVIEW_MAX_PX)
+    full = Window(0, 0, grid.width, grid.height)
+    limits = {}
+    for role in RGB_BANDS:
+        band = aligned[role]
+        if needs_stretch(band.dataset.dtypes[0]):
+            limits[role] = percentile_limits(band.read(full, shape=sample_shape))
+        else:
+            limits[role] = (0.0, 255.0)
+    return limits
+
+
+def _write_rgb_strips(
+    grid: Grid,
+    aligned: dict[str, AlignedBand],
+    limits: dict[str, tuple[float, float]],
+    staging: str,
+) -> None:
+    """Write the stretched colour bands to `staging`, black wherever any band has no data."""
+    profile = _strip_profile(grid, dtype="uint8", count=3, nodata=0)
+    profile["photometric"] = "RGB"
+    with rasterio.open(staging, "w", **profile) as out:
+        for window in grid.strips():
+            reads = [aligned[role].read(window) for role in RGB_BANDS]
+            missing = np.zeros(reads[0].shape, dtype=bool)
+            for read in reads:
+                missing |= np.ma.getmaskarray(read)
+            for index, (role, read) in enumerate(zip(RGB_BANDS, reads, strict=True), 1):
+                channel = to_uint8(read, *limits[role])
+                channel[missing] = 0
+                out.write(channel, index, window=window)
 
 
 def _rgb_preview(dataset: Any, dst: str, max_px: int) -> dict[str, Any]:

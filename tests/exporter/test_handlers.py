@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from services.exporter.handlers import archive_key, build_export, part_id
+from services.exporter.handlers import build_export, part_id
 from shared.errors import ChecksumMismatch, JobCancelled, PermanentError, TooLarge
 from shared.events import ExportProgress, ExportReady
+from shared.storage.keys import archive_key
 from shared.streams import EXPORT_CANCEL_CHANNEL, export_cancelled_key
 from tests.exporter.archives import check_sums, extract, same_bytes
 from tests.exporter.conftest import MIB, USER, build_command
@@ -77,7 +78,7 @@ async def test_an_export_lands_under_its_key_with_its_digest_and_events(
     ready = await build_export(command, exporter.deps, attempt=1)
 
     assert ready.filepath == f"{USER}/exports/{command.export_id}.{export_format}"
-    assert ready.filepath == archive_key(command)
+    assert ready.filepath == archive_key(command.user_id, command.export_id, command.format)
     archive = _archive(exporter, ready)
     assert ready.size == archive.stat().st_size
     assert ready.sha256 == hashlib.sha256(archive.read_bytes()).hexdigest()
@@ -130,7 +131,7 @@ async def test_no_half_archive_is_ever_visible_under_the_key(
     slow = RemoteLikeStorage(storage, delay_s=0.02, chunk=256 * 1024)
     exporter = make_exporter(storage_port=slow)
     command = build_command(store_files(4, size=2 * MIB))
-    key = storage.root / archive_key(command)
+    key = storage.root / archive_key(command.user_id, command.export_id, command.format)
     build = asyncio.create_task(build_export(command, exporter.deps, attempt=1))
     seen_part = False
     while not build.done():
@@ -167,7 +168,9 @@ async def test_a_cancel_aborts_a_running_build_and_removes_its_part(
     with pytest.raises(JobCancelled):
         await asyncio.wait_for(build, 5)
     assert exporter.parts() == []
-    assert not (storage.root / archive_key(command)).exists()
+    assert not (
+        storage.root / archive_key(command.user_id, command.export_id, command.format)
+    ).exists()
     assert not exporter.publisher.of(ExportReady)
 
 
@@ -198,7 +201,9 @@ async def test_a_shutdown_mid_build_stops_the_writer_and_keeps_nothing(
     with pytest.raises(asyncio.CancelledError):
         await build
     assert exporter.parts() == []
-    assert not (storage.root / archive_key(command)).exists()
+    assert not (
+        storage.root / archive_key(command.user_id, command.export_id, command.format)
+    ).exists()
 
 
 async def test_an_export_over_the_size_limit_fails_for_good(

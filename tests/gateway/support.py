@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 from faststream.redis.parser import BinaryMessageFormatV1
 
-from services.gateway.repository import JobRepository, NewFile, NewJob
+from services.gateway.jobs.queries import JobRepository
+from services.gateway.jobs.records import NewFile, NewJob
 from shared.events import FileDownloaded, FileFailed, FileProgress, FileStarted
 from shared.ids import EventId, FileId, JobId, UserId, new_event_id
 

@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from litestar.exceptions import PermissionDeniedException
 
-from services.gateway.auth import admin_guard, create_token
-from services.gateway.repository import User
+from services.gateway.auth import User, admin_guard, create_token
 from shared.ids import UserId
 
 if TYPE_CHECKING:

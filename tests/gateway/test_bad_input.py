@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from services.gateway.schemas import MAX_METADATA_BYTES, MAX_METADATA_DEPTH
+from services.gateway.jobs.validation import MAX_METADATA_BYTES, MAX_METADATA_DEPTH
 from tests.gateway.support import submit_job, user_id
 
 if TYPE_CHECKING:

@@ -14,7 +14,8 @@ from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
 
 from services.gateway.app import create_app
-from services.gateway.repository import JobRepository, NewFile, NewJob
+from services.gateway.jobs.queries import JobRepository
+from services.gateway.jobs.records import NewFile, NewJob
 from services.gateway.tracker import project
 from shared.broker import create_broker
 from shared.events import (

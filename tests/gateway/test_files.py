@@ -10,9 +10,8 @@ from urllib.parse import unquote
 
 import pytest
 
-from services.gateway.disposition import attachment
 from services.gateway.errors import RangeNotSatisfiable
-from services.gateway.ranges import ByteRange, parse_range
+from services.gateway.files import ByteRange, attachment, parse_range
 from services.gateway.tracker import project
 from shared.storage import open_storage
 from shared.storage.local import LocalStorage

@@ -12,17 +12,21 @@ import pytest
 from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
 
-import shared
+import services.gateway.migrations
 from services.gateway.app import create_app
-from services.gateway.exports import EXPORTS, ExportRepository
-from services.gateway.processing import COMPOSITES, FILE_PROCESSING
+from services.gateway.exports.commands import EXPORTS
+from services.gateway.exports.queries import ExportRepository
+from services.gateway.jobs.queries import JobRepository
+from services.gateway.jobs.records import NewFile, NewJob
+from services.gateway.migrations import migrate
+from services.gateway.outbox import OutboxRelay
+from services.gateway.processing.commands import COMPOSITES, FILE_PROCESSING
+from services.gateway.processing.queries import composite_key
 from services.gateway.reconciler import RECONCILE_LOCK, Reconciler
-from services.gateway.relay import OutboxRelay
-from services.gateway.repository import JobRepository, NewFile, NewJob, composite_key
 from services.gateway.tracker import project
 from shared.broker import create_broker
 from shared.events import (
-    COMMAND_DECODER,
+    DOWNLOAD_DECODER,
     ENCODER,
     EVENT_DECODER,
     EXPORT_DECODER,
@@ -38,7 +42,6 @@ from shared.events import (
     ProcessFile,
 )
 from shared.ids import FileId, JobId, UserId, new_event_id
-from shared.postgres import migrate
 from shared.storage.local import LocalStorage
 from shared.streams import (
     CANCEL_CHANNEL,
@@ -113,7 +116,7 @@ async def _apply(pool: asyncpg.Pool, *events: PipelineEvent) -> None:
 
 
 async def _lane_files(redis: Redis) -> list[str]:
-    return [COMMAND_DECODER.decode(body).file_id for body, _ in await stream_frames(redis, LANE)]
+    return [DOWNLOAD_DECODER.decode(body).file_id for body, _ in await stream_frames(redis, LANE)]
 
 
 async def _unsent(pool: asyncpg.Pool) -> list[asyncpg.Record]:
@@ -173,7 +176,7 @@ async def test_a_pending_file_whose_marker_exists_is_left_alone(
     assert report.republished_lost == 1
     (row,) = await _unsent(pool)
     assert str(row["file_id"]) == files[1]
-    assert COMMAND_DECODER.decode(row["body"]).file_id == files[1]
+    assert DOWNLOAD_DECODER.decode(row["body"]).file_id == files[1]
 
 
 async def test_files_whose_row_was_not_sent_yet_are_not_published_twice(
@@ -641,7 +644,7 @@ async def test_the_gateway_runs_the_reconciler_in_its_lifespan(
 
 async def test_rows_queued_before_the_upgrade_keep_their_file(empty_database_url: str) -> None:
     """Migration 0002 fills in the file of unsent download rows, so none is published twice."""
-    initial = (Path(shared.__file__).parent / "migrations" / "0001_initial.sql").read_text()
+    initial = (Path(services.gateway.migrations.__file__).parent / "0001_initial.sql").read_text()
     file_id, user, job = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     command = DownloadFile(
         job_id=JobId(str(job)),
@@ -680,7 +683,7 @@ async def test_rows_queued_before_the_upgrade_keep_their_command_key(
 ) -> None:
     """Migration 0006 names the work of every unsent command row, and keeps each open export's
     command on its row, so nothing queued before the upgrade is taken for lost."""
-    folder = Path(shared.__file__).parent / "migrations"
+    folder = Path(services.gateway.migrations.__file__).parent
     earlier = sorted(p for p in folder.glob("*.sql") if p.name < "0006")
     user, job, file_id, composite, export = (uuid.uuid4() for _ in range(5))
     owner, job_id, file = UserId(str(user)), JobId(str(job)), FileId(str(file_id))

@@ -10,8 +10,7 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from services.gateway.relay import OutboxRelay
-from services.gateway.repository import purge_sent
+from services.gateway.outbox import OutboxRelay, purge_sent
 from shared.broker import create_broker
 from shared.postgres import open_pool
 from shared.streams import EVENTS_STREAM, download_stream, lane_for, live_key

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from redis.asyncio import Redis
 
-from shared.events import COMMAND_DECODER, DownloadFile
+from shared.events import DOWNLOAD_DECODER, DownloadFile
 from shared.streams import DOWNLOAD_LANES, download_stream, lane_for
 from tests.gateway.support import eventually, stream_frames
 
@@ -88,7 +88,7 @@ async def test_submit_writes_job_files_and_outbox_and_publishes_to_the_lane(
 
     await eventually(published, timeout_s=3, what="the relay to publish")
     frames = await stream_frames(redis, lane)
-    commands = [COMMAND_DECODER.decode(frame_body) for frame_body, _headers in frames]
+    commands = [DOWNLOAD_DECODER.decode(frame_body) for frame_body, _headers in frames]
     assert [c.file_id for c in commands] == [str(f["id"]) for f in files]
     first = commands[2]
     assert isinstance(first, DownloadFile)
@@ -320,6 +320,6 @@ async def test_submitted_commands_decode_as_the_downloader_reads_them(
 
     body = await pool.fetchval("SELECT body FROM outbox")
 
-    command = COMMAND_DECODER.decode(body)
+    command = DOWNLOAD_DECODER.decode(body)
     assert isinstance(command, DownloadFile)
     assert json.loads(body)["type"] == "download.file"

@@ -220,7 +220,7 @@ def test_a_postgres_restart_mid_job_loses_nothing(
     pipeline_factory: PipelineFactory, file_server: FileServer
 ) -> None:
     with postgres_server.local_postgres() as server:
-        from shared.postgres import migrate
+        from services.gateway.migrations import migrate
 
         database = postgres_server.database_url(server.url, "downlink")
         postgres_server.run_async(lambda: migrate(database))

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from opentelemetry import trace
 
-from services.gateway import history
-from services.gateway.history import ExecutionStatus, Task
-from services.gateway.repository import User
+from services.gateway.auth import User
+from services.gateway.executions import history, queries
+from services.gateway.executions.history import ExecutionStatus, Task
 from services.gateway.tracker import project
 from shared import metrics
 from shared.events import (
@@ -351,9 +351,9 @@ async def test_a_user_lists_their_own_runs_and_an_admin_all(
     alice = User(id=owner, name="alice", is_admin=False)
     admin = User(id=UserId(str(uuid.uuid4())), name="root", is_admin=True)
 
-    async def page(user: User, **filters: Any) -> history.ExecutionListResponse:
+    async def page(user: User, **filters: Any) -> queries.ExecutionPage:
         options: dict[str, Any] = {"job_id": None, "status": None, "task": None, "page": 1}
-        return await history.list_executions(pool, user, **(options | {"per_page": 20} | filters))
+        return await queries.list_executions(pool, user, **(options | {"per_page": 20} | filters))
 
     mine = await page(alice)
     assert mine.total == 3

@@ -11,9 +11,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
-from services.gateway import history
 from services.gateway.errors import InvalidRequest
-from services.gateway.live import job_event_stream, parse_last_event_id
+from services.gateway.executions import history
+from services.gateway.jobs.live import job_event_stream, parse_last_event_id
 from shared.streams import DEAD_STREAM, GROUPS
 from tests.gateway.support import downloaded, progress, started, submit_job, user_id
 from tests.observability.test_history import job_finished

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
 import pytest
 import rasterio
@@ -12,6 +12,7 @@ from rio_cogeo.cogeo import cog_validate
 
 from services.processor import tasks
 from services.processor.handlers import (
+    COMPOSITE_OUTPUTS,
     ProcessDeps,
     artifact_id,
     build_composite,
@@ -20,13 +21,16 @@ from services.processor.handlers import (
 )
 from services.processor.pool import TaskTimeout, WorkerPool
 from services.processor.staging import Staging
+from shared.composites import ARTIFACTS_OF_COMPOSITE, COMPOSITE_ROLES
 from shared.errors import JobCancelled
 from shared.events import (
     ArtifactCreated,
     BuildComposite,
     CompositeFinished,
+    CompositeKind,
     FileProcessed,
     ProcessFile,
+    ProcessStep,
 )
 from shared.ids import FileId, new_file_id
 from shared.storage.local import LocalStorage
@@ -97,6 +101,33 @@ async def test_every_step_stores_and_announces_its_artifact(
     # No scratch files are left behind, and the source is untouched.
     assert list(processor.deps.staging.scratch_root.iterdir()) == []
     assert (processor.storage.root / key).read_bytes() == bands["B04"].read_bytes()
+
+
+@pytest.mark.parametrize("step", get_args(ProcessStep))
+async def test_each_step_asked_alone_makes_just_its_artifact(
+    processor: Processor, bands: dict[str, Path], step: str
+) -> None:
+    command = _command(processor.put(bands["B04"], f"{USER}/{JOB}/B04.tif"), steps=(step,))
+
+    finished = await process_file(command, processor.deps)
+
+    assert finished.errors == {}
+    (artifact,) = processor.publisher.of(ArtifactCreated)
+    assert (artifact.kind, artifact.artifact_id) == (step, artifact_id(command.file_id, step))
+
+
+async def test_metadata_is_announced_as_json_with_no_stored_file(
+    processor: Processor, bands: dict[str, Path]
+) -> None:
+    command = _command(processor.put(bands["B04"], f"{USER}/{JOB}/B04.tif"), steps=("metadata",))
+
+    await process_file(command, processor.deps)
+
+    (metadata,) = processor.publisher.of(ArtifactCreated)
+    assert metadata.artifact_id == artifact_id(command.file_id, "metadata")
+    assert (metadata.filepath, metadata.size, metadata.sha256) == (None, 0, "")
+    assert metadata.content_type == "application/json"
+    assert (metadata.file_id, metadata.composite_id) == (command.file_id, None)
 
 
 async def test_spans_name_the_job_file_and_step(
@@ -265,6 +296,57 @@ async def test_rgb_composite_has_a_cog_and_a_preview(
     assert kinds["rgb_preview"].metadata == {"width": 512, "height": 512, "mode": "RGB"}
 
 
+_COMPOSITE_OUTPUTS = {
+    "ndvi": ({"red": "B04", "nir": "B08"}, [("ndvi", "ndvi.tif", tasks.COG_CONTENT_TYPE)]),
+    "rgb": (
+        {"red": "B04", "green": "B03", "blue": "B02"},
+        [
+            ("rgb", "rgb.tif", tasks.COG_CONTENT_TYPE),
+            ("rgb_preview", "rgb_preview.png", "image/png"),
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", get_args(CompositeKind))
+async def test_composite_artifacts_keep_their_ids_names_and_types(
+    processor: Processor, bands: dict[str, Path], kind: str
+) -> None:
+    roles, expected = _COMPOSITE_OUTPUTS[kind]
+    command = _composite(processor, bands, kind, roles)
+
+    finished = await build_composite(command, processor.deps)
+
+    prefix = f"{USER}/artifacts/{JOB}/composites/{command.composite_id}"
+    artifacts = processor.publisher.of(ArtifactCreated)
+    assert [(a.kind, a.filepath, a.content_type) for a in artifacts] == [
+        (artifact_kind, f"{prefix}/{name}", content_type)
+        for artifact_kind, name, content_type in expected
+    ]
+    for artifact in artifacts:
+        assert artifact.artifact_id == artifact_id(command.composite_id, artifact.kind)
+        assert (artifact.composite_id, artifact.file_id) == (command.composite_id, None)
+        stored = processor.storage.root / artifact.filepath
+        assert (artifact.size, artifact.sha256) == (stored.stat().st_size, _sha256(stored))
+    assert processor.publisher.events == [*artifacts, finished]
+
+
+async def test_the_rgb_cog_keeps_its_facts_and_hands_the_preview_its_own(
+    processor: Processor, bands: dict[str, Path]
+) -> None:
+    command = _composite(processor, bands, "rgb", {"red": "B04", "green": "B03", "blue": "B02"})
+
+    await build_composite(command, processor.deps)
+
+    rgb, preview = processor.publisher.of(ArtifactCreated)
+    assert rgb.metadata is not None
+    assert "preview" not in rgb.metadata
+    assert rgb.metadata["kind"] == "rgb"
+    assert rgb.metadata["valid_cog"] is True
+    assert set(rgb.metadata["stretch"]) == {"red", "green", "blue"}
+    assert preview.metadata == {"width": 512, "height": 512, "mode": "RGB"}
+
+
 async def test_a_composite_that_cannot_be_built_ends_with_its_error(
     processor: Processor, bands: dict[str, Path]
 ) -> None:
@@ -317,3 +399,11 @@ async def test_steps_run_in_the_process_pool(processor: Processor, bands: dict[s
         "cog",
         "ndvi",
     ]
+
+
+def test_every_composite_kind_makes_the_artifacts_the_gateway_waits_for() -> None:
+    # The gateway ends a composite once all of ARTIFACTS_OF_COMPOSITE arrived: a kind whose
+    # outputs differed would never end, or end early.
+    assert set(COMPOSITE_OUTPUTS) == set(ARTIFACTS_OF_COMPOSITE) == set(COMPOSITE_ROLES)
+    for kind, spec in COMPOSITE_OUTPUTS.items():
+        assert tuple(output.kind for output in spec.outputs) == ARTIFACTS_OF_COMPOSITE[kind]

@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from services.gateway.repository import composite_key, lock_job
-from services.gateway.tracker import project, settle_job
+from services.gateway.jobs.lifecycle import lock_job, settle_job
+from services.gateway.processing.queries import composite_key
+from services.gateway.tracker import project
 from services.processor.handlers import artifact_id
 from shared.events import (
     EVENT_DECODER,

@@ -259,6 +259,36 @@ def test_ndvi_matches_numpy_at_known_pixels_and_keeps_nodata(
     assert facts["valid_pixels"] == SIZE * SIZE - 16 * 16
 
 
+def test_ndvi_facts_sum_up_the_valid_pixels(bands: dict[str, Path], tmp_path: Path) -> None:
+    red = band_values("B04").astype(np.float64)
+    nir = band_values("B08").astype(np.float64)
+    valid = red != NODATA
+    expected = ((nir[valid] - red[valid]) / (nir[valid] + red[valid])).astype(np.float32)
+
+    facts = tasks.build_ndvi(
+        {"red": str(bands["B04"]), "nir": str(bands["B08"])}, None, str(tmp_path / "ndvi.tif")
+    )
+
+    assert facts["kind"] == "ndvi"
+    assert facts["valid_cog"] is True
+    assert facts["min"] == pytest.approx(float(expected.min()), abs=1e-7)
+    assert facts["max"] == pytest.approx(float(expected.max()), abs=1e-7)
+    assert facts["mean"] == pytest.approx(float(expected.astype(np.float64).mean()), abs=1e-7)
+    assert facts["reprojected_bands"] == []
+    assert facts["crop_bounds_wgs84"] is None
+
+
+def test_ndvi_of_bands_with_no_light_has_no_statistics(tmp_path: Path) -> None:
+    dark = np.zeros((64, 64), dtype=np.uint16)
+    red = write_band(tmp_path / "red.tif", dark, nodata=None)
+    nir = write_band(tmp_path / "nir.tif", dark, nodata=None)
+
+    facts = tasks.build_ndvi({"red": str(red), "nir": str(nir)}, None, str(tmp_path / "ndvi.tif"))
+
+    assert (facts["valid_pixels"], facts["nodata_pixels"]) == (0, 64 * 64)
+    assert (facts["min"], facts["max"], facts["mean"]) == (None, None, None)
+
+
 def test_ndvi_crop_to_wgs84_bounds_gives_the_covering_window(
     bands: dict[str, Path], tmp_path: Path
 ) -> None:

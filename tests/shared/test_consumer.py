@@ -12,7 +12,7 @@ import pytest
 from shared.broker import BrokerPublisher, create_broker
 from shared.consumer import ConsumerPolicy, DeadLetter, Delivery, StreamConsumer, ensure_groups
 from shared.errors import JobCancelled, PermanentError, PoisonMessage, TransientError
-from shared.events import COMMAND_DECODER, DownloadFile
+from shared.events import DOWNLOAD_DECODER, DownloadFile
 from shared.ids import FileId, JobId, UserId
 from shared.redis_client import open_redis
 from shared.streams import DEAD_STREAM, DOWNLOAD_LANES, Lane, download_stream
@@ -38,7 +38,7 @@ def command(n: int, priority: int = 5) -> DownloadFile:
 
 def file_id_of(delivery: Delivery) -> str:
     try:
-        return COMMAND_DECODER.decode(delivery.body).file_id
+        return DOWNLOAD_DECODER.decode(delivery.body).file_id
     except msgspec.DecodeError as exc:
         raise PoisonMessage(f"undecodable entry {delivery.entry_id}") from exc
 
@@ -203,7 +203,7 @@ async def test_a_successful_handler_is_acknowledged(
     [delivery] = deliveries
     assert delivery.stream == HIGH
     assert delivery.attempt == 1
-    assert COMMAND_DECODER.decode(delivery.body) == command(1, priority=9)
+    assert DOWNLOAD_DECODER.decode(delivery.body) == command(1, priority=9)
     assert running.consumer.stats.processed == 1
     assert await redis.xlen(DEAD_STREAM) == 0
 
@@ -234,7 +234,7 @@ async def test_a_permanent_error_dead_letters_at_once(
     assert letter.attempts == 1
     assert "PermanentError" in letter.error
     assert "HTTP 404 from somewhere" in letter.error
-    assert COMMAND_DECODER.decode(letter.body.encode()) == command(1)
+    assert DOWNLOAD_DECODER.decode(letter.body.encode()) == command(1)
     assert await pending_count(redis, NORMAL) == 0
     assert attempts == [1]
     [(delivery, error)] = hooked
@@ -277,7 +277,7 @@ async def test_a_transient_error_is_retried_then_dead_lettered(
     assert letter.attempts == 3
     assert letter.stream == LOW
     assert f"{type(error).__name__}: connection reset" in letter.error
-    assert COMMAND_DECODER.decode(letter.body.encode()) == command(1)
+    assert DOWNLOAD_DECODER.decode(letter.body.encode()) == command(1)
     assert hooked == [3]
     assert await pending_count(redis, LOW) == 0
     assert running.consumer.stats.retried == 2
@@ -393,7 +393,7 @@ async def test_a_crashed_consumers_entry_is_reclaimed(
     assert time.monotonic() - began < 2.5
     [delivery] = deliveries
     assert delivery.attempt == 2
-    assert COMMAND_DECODER.decode(delivery.body) == command(1)
+    assert DOWNLOAD_DECODER.decode(delivery.body) == command(1)
 
     async def acked() -> bool:
         return await pending_count(redis, NORMAL) == 0

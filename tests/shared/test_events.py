@@ -8,7 +8,7 @@ import msgspec
 import pytest
 
 from shared.events import (
-    COMMAND_DECODER,
+    DOWNLOAD_DECODER,
     ENCODER,
     EVENT_DECODER,
     WORK_COMMAND_DECODER,
@@ -195,7 +195,7 @@ def test_tags_are_stable(cls: type[msgspec.Struct], tag: str) -> None:
 
 def test_an_event_is_not_a_command() -> None:
     with pytest.raises(msgspec.ValidationError):
-        COMMAND_DECODER.decode(ENCODER.encode(EVENTS[0]))
+        DOWNLOAD_DECODER.decode(ENCODER.encode(EVENTS[0]))
     with pytest.raises(msgspec.ValidationError):
         EVENT_DECODER.decode(ENCODER.encode(COMMANDS[0]))
 
@@ -250,11 +250,11 @@ def test_unknown_fields_are_tolerated() -> None:
     assert isinstance(event, FileFailed)
     assert (event.error, event.permanent, event.attempts) == ("HTTP 404", True, 1)
     newer = OLD_DOWNLOAD_FILE[:-1] + b',"mirror_urls":["http://example.invalid/b"]}'
-    assert COMMAND_DECODER.decode(newer) == COMMAND_DECODER.decode(OLD_DOWNLOAD_FILE)
+    assert DOWNLOAD_DECODER.decode(newer) == DOWNLOAD_DECODER.decode(OLD_DOWNLOAD_FILE)
 
 
 def test_an_old_download_command_decodes_with_defaults() -> None:
-    command = COMMAND_DECODER.decode(OLD_DOWNLOAD_FILE)
+    command = DOWNLOAD_DECODER.decode(OLD_DOWNLOAD_FILE)
     assert command == DownloadFile(
         job_id=JobId("j-1"),
         file_id=FileId("f-1"),
@@ -268,7 +268,7 @@ def test_an_old_download_command_decodes_with_defaults() -> None:
 def test_a_malformed_sha256_is_refused(bad: str) -> None:
     payload = OLD_DOWNLOAD_FILE[:-1] + f',"sha256":"{bad}"}}'.encode()
     with pytest.raises(msgspec.ValidationError, match="sha256"):
-        COMMAND_DECODER.decode(payload)
+        DOWNLOAD_DECODER.decode(payload)
 
 
 def test_events_are_immutable() -> None:

@@ -8,13 +8,15 @@ from pathlib import Path
 import asyncpg
 import msgspec
 
-import shared
-from shared.postgres import migrate, open_pool
+import services.gateway.migrations
+from services.gateway.migrations import migrate
+from shared.postgres import open_pool
 from tests.support import postgres_server
 
 INITIAL = "0001_initial"
-# Every numbered file in shared/migrations, in the order they must run.
-VERSIONS = sorted(p.stem for p in (Path(shared.__file__).parent / "migrations").glob("*.sql"))
+# Every numbered file in services/gateway/migrations, in the order they must run.
+MIGRATIONS = Path(services.gateway.migrations.__file__).parent
+VERSIONS = sorted(p.stem for p in MIGRATIONS.glob("*.sql"))
 
 
 async def applied_versions(database_url: str) -> list[str]:

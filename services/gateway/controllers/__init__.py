@@ -1,1 +1,0 @@
-"""One Litestar controller per resource of the HTTP API."""

@@ -1,0 +1,77 @@
+"""Re-driving a dead download on the record: its file (and job) reopened, its command queued."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from services.gateway.errors import CannotRedrive, FileNotFound, JobNotFound
+from services.gateway.jobs.commands import DOWNLOADS
+from services.gateway.jobs.lifecycle import lock_job
+from services.gateway.outbox import add_to_outbox
+from shared.statuses import FINAL_JOB_STATUSES, JobStatus
+
+if TYPE_CHECKING:
+    import asyncpg
+
+    from shared.events import DownloadFile
+
+
+async def reopen_for_redrive(
+    pool: asyncpg.Pool,
+    command: DownloadFile,
+    *,
+    stream: str,
+    body: bytes,
+    headers: dict[str, str],
+) -> None:
+    """Reopen the command's file (and its job, if it ended) and queue the command again.
+
+    One transaction: either the file is pending again with its command in the outbox, or
+    nothing changed. Raises JobNotFound/FileNotFound, or CannotRedrive for a cancelled job
+    or a file that was stored after all.
+    """
+    async with pool.acquire() as connection, connection.transaction():
+        # The job first, then its file: the lock order of the tracker and of cancellation.
+        status = await lock_job(connection, command.job_id)
+        if status is None:
+            raise JobNotFound(command.job_id)
+        if status is JobStatus.CANCELLED:
+            raise CannotRedrive(f"job {command.job_id} was cancelled; its files stay cancelled")
+        await _reopen_file(connection, command)
+        # An ended job runs again; either way its timeout counts from now, or an old job would
+        # time out again at the reconciler's next pass, before the work had a chance.
+        await connection.execute(
+            "UPDATE jobs SET reopened_at = now(), updated_at = now(),"
+            " status = CASE WHEN $2 THEN 'in_progress' ELSE status END,"
+            " finished_at = CASE WHEN $2 THEN NULL ELSE finished_at END,"
+            " error = CASE WHEN $2 THEN NULL ELSE error END"
+            " WHERE id = $1",
+            command.job_id,
+            status in FINAL_JOB_STATUSES,
+        )
+        await add_to_outbox(
+            connection,
+            stream,
+            body,
+            headers=headers,
+            command_key=DOWNLOADS.key(command.file_id),
+            file_id=command.file_id,
+        )
+
+
+async def _reopen_file(connection: asyncpg.Connection, command: DownloadFile) -> None:
+    file_status = await connection.fetchval(
+        "SELECT status FROM files WHERE id = $1 AND job_id = $2 FOR UPDATE",
+        command.file_id,
+        command.job_id,
+    )
+    if file_status is None:
+        raise FileNotFound(command.file_id)
+    if file_status in ("completed", "cancelled"):
+        raise CannotRedrive(f"file {command.file_id} is {file_status}; nothing to re-drive")
+    # `attempts` stays: it is the history of tries, and the new command starts at try 1.
+    await connection.execute(
+        "UPDATE files SET status = 'pending', error = NULL, rate_bps = NULL,"
+        " updated_at = now() WHERE id = $1",
+        command.file_id,
+    )

@@ -1,0 +1,1 @@
+"""Executions: the history of every task run and job event, monitoring, the operations API."""

@@ -1,0 +1,1 @@
+"""Jobs: submit, status, result, listing, cancel, live events; file projection, job lifecycle."""

@@ -1,0 +1,1 @@
+"""Processing in the saga: what a download queues, the processor's events, composites."""
