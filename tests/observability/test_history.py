@@ -129,6 +129,35 @@ async def test_a_retry_reported_after_the_next_try_started_still_closes_its_own_
     assert runs[0]["error"] == "HTTP 503 from the server"
 
 
+@pytest.mark.parametrize(
+    "order",
+    [
+        pytest.param((1, 0, 2), id="retry-report-before-its-start"),
+        pytest.param((0, 2, 1), id="next-start-before-the-retry-report"),
+        pytest.param((2, 0, 1), id="next-start-before-the-first-start"),
+        pytest.param((2, 1, 0), id="try-1-reversed-after-try-2-started"),
+    ],
+)
+async def test_each_try_is_one_row_whatever_order_its_events_are_projected_in(
+    pool: asyncpg.Pool, job: tuple[JobId, list[FileId]], order: tuple[int, ...]
+) -> None:
+    # The tracker projects concurrently: a try's start and its end may land in any order,
+    # and either may land after the next try's start.
+    job_id, (file_id, _) = job
+    first_tries = [
+        started(job_id, file_id, attempt=1),
+        retrying(job_id, file_id, 1, "HTTP 503 from the server"),
+        started(job_id, file_id, attempt=2),
+    ]
+    await _record(pool, *(first_tries[index] for index in order), downloaded(job_id, file_id))
+    runs = await _runs(pool, file_id)
+    assert sorted((r["attempt"], r["status"]) for r in runs) == [(1, "retried"), (2, "completed")]
+    for run in runs:
+        assert run["worker"] == "test"
+        assert run["finished_at"] >= run["started_at"]
+    assert next(r for r in runs if r["attempt"] == 1)["error"] == "HTTP 503 from the server"
+
+
 async def test_a_failure_ends_the_running_try_or_is_recorded_alone(
     pool: asyncpg.Pool, job: tuple[JobId, list[FileId]]
 ) -> None:

@@ -166,27 +166,47 @@ async def _record_execution(
 async def _download_started(
     connection: asyncpg.Connection, job_id: str, event: FileStarted
 ) -> None:
-    # A new try means every earlier one of this file has ended, reported or not (a worker
-    # killed mid-file reports nothing; its message was reclaimed).
-    await connection.execute(
-        "UPDATE executions SET status = 'interrupted', finished_at = to_timestamp($3),"
-        " duration_s = greatest(0, $3 - extract(epoch FROM started_at)),"
-        " error = coalesce(error, 'the worker stopped before reporting an outcome')"
-        " WHERE task = $1 AND subject_id = $2 AND status = 'running'",
+    # The tracker projects concurrently, so this try's end may be on record already (it is
+    # completed with its start) and a later try may have started first.
+    completed = await connection.fetchval(
+        "UPDATE executions SET started_at = to_timestamp($3), worker = coalesce(worker, $4),"
+        " duration_s = greatest(0, extract(epoch FROM finished_at) - $3)"
+        " WHERE task = $1 AND subject_id = $2 AND attempt = $5 RETURNING true",
         Task.DOWNLOAD,
         event.file_id,
         event.at,
+        event.worker or None,
+        event.attempt,
     )
-    await insert_try(
-        connection,
-        task=Task.DOWNLOAD,
-        subject_id=event.file_id,
-        job_id=job_id,
-        file_id=event.file_id,
-        worker=event.worker or None,
-        status=ExecutionStatus.RUNNING,
-        attempt=event.attempt,
-        started_at=event.at,
+    if not completed:
+        await insert_try(
+            connection,
+            task=Task.DOWNLOAD,
+            subject_id=event.file_id,
+            job_id=job_id,
+            file_id=event.file_id,
+            worker=event.worker or None,
+            status=ExecutionStatus.RUNNING,
+            attempt=event.attempt,
+            started_at=event.at,
+        )
+    await _interrupt_overtaken_tries(connection, event.file_id)
+
+
+async def _interrupt_overtaken_tries(connection: asyncpg.Connection, file_id: str) -> None:
+    """A try still running when a later one started has ended, reported or not (a worker
+    killed mid-file reports nothing; its message was reclaimed): it ended as the next began."""
+    await connection.execute(
+        "WITH overtaken AS (SELECT r.id, (SELECT min(l.started_at) FROM executions l"
+        "   WHERE l.task = r.task AND l.subject_id = r.subject_id AND l.attempt > r.attempt)"
+        "   AS next_start"
+        "  FROM executions r WHERE r.task = $1 AND r.subject_id = $2 AND r.status = 'running')"
+        " UPDATE executions e SET status = 'interrupted', finished_at = o.next_start,"
+        " duration_s = greatest(0, extract(epoch FROM o.next_start - e.started_at)),"
+        " error = coalesce(e.error, 'the worker stopped before reporting an outcome')"
+        " FROM overtaken o WHERE e.id = o.id AND o.next_start IS NOT NULL",
+        Task.DOWNLOAD,
+        file_id,
     )
 
 
