@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import time
@@ -27,6 +28,9 @@ _RETRYABLE = {408, 425, 429, 500, 502, 503, 504}
 _REDIRECTS = {301, 302, 303, 307, 308}
 _SCHEMES = {"http", "https"}
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+# Bodies are hashed and written in blocks this big, so each hop to the writer thread carries
+# enough work to be worth it; about three are held per download (buffer, block, block written).
+_BLOCK_BYTES = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,22 +110,27 @@ async def _stream(
         await part.truncate()
     await part.save_meta({"url": url, "validator": _validator(response) or ""})
     meter = _RateMeter()
+    writer = _BlockWriter(part, digest)
+    received = resume_from
     next_report = time.monotonic() + limits.progress_interval_s
-    async for chunk in response.content.iter_any():
-        part.write(chunk)
-        digest.update(chunk)
-        meter.add(len(chunk))
-        if part.size > limits.max_size_bytes:
-            raise TooLarge(f"{url} is over the limit of {limits.max_size_bytes} bytes")
-        if time.monotonic() >= next_report:
-            next_report = time.monotonic() + limits.progress_interval_s
-            await on_progress(part.size, total, meter.rate_bps())
-    if total is not None and part.size != total:
-        raise TransientError(f"{url} ended after {part.size} of {total} bytes")
+    try:
+        while block := await _read_block(response.content, next_report):
+            received += len(block)
+            if received > limits.max_size_bytes:
+                raise TooLarge(f"{url} is over the limit of {limits.max_size_bytes} bytes")
+            await writer.put(block, inline=response.content.at_eof())
+            meter.add(len(block))
+            if time.monotonic() >= next_report:
+                next_report = time.monotonic() + limits.progress_interval_s
+                await on_progress(received, total, meter.rate_bps())
+    finally:
+        await writer.settle()
+    if total is not None and received != total:
+        raise TransientError(f"{url} ended after {received} of {total} bytes")
     disposition = response.content_disposition
     return Fetched(
         final_url=str(response.url),
-        size=part.size,
+        size=received,
         sha256=digest.hexdigest(),
         content_type=response.content_type if "Content-Type" in response.headers else None,
         disposition_name=disposition.filename if disposition else None,
@@ -197,6 +206,66 @@ def _retry_after_s(value: str | None) -> float | None:
         return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
     except (TypeError, ValueError):
         return None
+
+
+async def _read_block(content: aiohttp.StreamReader, report_at: float) -> bytes:
+    """The next `_BLOCK_BYTES` of the body, fewer at its end or once a progress report is due
+    (a slow link still reports); empty at the end."""
+    pieces: list[bytes] = []
+    wanted = _BLOCK_BYTES
+    while wanted > 0:
+        try:
+            piece = await content.read(wanted)
+        except aiohttp.ClientError:
+            if not pieces:
+                raise
+            break  # keep what arrived for a resume; the next read raises the error again
+        if not piece:
+            break
+        pieces.append(piece)
+        wanted -= len(piece)
+        if time.monotonic() >= report_at:
+            break
+    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+
+class _BlockWriter:
+    """Hashes and writes blocks in a worker thread, one block while the next is read, so the
+    network, the hash and the disk overlap; hashlib and file writes release the GIL."""
+
+    def __init__(self, part: PartWriter, digest: hashlib._Hash) -> None:
+        self._part = part
+        self._digest = digest
+        self._pending: asyncio.Future[None] | None = None
+
+    async def put(self, block: bytes, *, inline: bool) -> None:
+        """Take `block` once the one before is written; `inline` (the body's last block)
+        skips the thread hop, which would cost a small file more than its hash."""
+        await self.settle()
+        if inline:
+            self._absorb(block)
+        else:
+            self._pending = asyncio.ensure_future(asyncio.to_thread(self._absorb, block))
+
+    async def settle(self) -> None:
+        """Wait for the block in flight, through a cancel too: the part is closed next, and no
+        thread may still be writing to it then."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        cancelled = False
+        while not pending.done():
+            try:
+                await asyncio.wait({pending})
+            except asyncio.CancelledError:
+                cancelled = True
+        if cancelled:
+            raise asyncio.CancelledError
+        pending.result()
+
+    def _absorb(self, block: bytes) -> None:
+        self._digest.update(block)
+        self._part.write(block)
 
 
 class _RateMeter:

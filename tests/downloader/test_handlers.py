@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
+import random
 import time
 from typing import TYPE_CHECKING
 from urllib.parse import urlencode
 
 import pytest
+from aiohttp import web
 
 from services.downloader.handlers import download_file, failure_event
 from shared.errors import (
@@ -609,3 +612,52 @@ def test_failure_event_says_whether_the_failure_was_permanent() -> None:
     assert "404" in permanent.error
     assert (transient.permanent, transient.attempts, transient.error) == (False, 3, "reset")
     assert failure_event(cmd, TransientError(""), attempts=1).error == "TransientError"
+
+
+# -- big bodies ------------------------------------------------------------------------------
+
+
+async def _serve_in_odd_chunks(body: bytes) -> tuple[web.AppRunner, str]:
+    """A loopback server sending `body` in uneven writes, 10 ms apart."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        response.content_length = len(body)
+        await response.prepare(request)
+        sizes = itertools.cycle([1, 65_537, 300_001, 7, 1_048_579, 4_099])
+        offset = 0
+        while offset < len(body):
+            step = next(sizes)
+            await response.write(body[offset : offset + step])
+            offset += step
+            await asyncio.sleep(0.01)
+        return response
+
+    app = web.Application()
+    app.router.add_get("/odd.bin", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    return runner, f"http://127.0.0.1:{port}/odd.bin"
+
+
+async def test_a_body_of_many_blocks_in_odd_chunks_is_stored_whole_with_throttled_progress(
+    downloader: Downloader,
+) -> None:
+    body = random.Random(7).randbytes(5 * 1024 * 1024 + 17)
+    runner, url = await _serve_in_odd_chunks(body)
+    try:
+        event = await download_file(command(url), downloader.deps, attempt=1)
+    finally:
+        await runner.cleanup()
+
+    assert (event.size, event.sha256) == (len(body), hashlib.sha256(body).hexdigest())
+    assert downloader.objects() == {f"{USER}/{JOB}/odd.bin": body}
+    progress = downloader.publisher.of(FileProgress)
+    assert len(progress) >= 2, "the body takes ~0.25 s, reports come every 0.05 s"
+    interval = downloader.deps.limits.progress_interval_s
+    gaps = [b.at - a.at for a, b in itertools.pairwise(progress)]
+    assert all(gap >= interval * 0.9 for gap in gaps), gaps
+    assert [p.bytes_downloaded for p in progress] == sorted(p.bytes_downloaded for p in progress)
