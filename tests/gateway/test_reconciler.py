@@ -729,7 +729,7 @@ async def test_rows_queued_before_the_upgrade_keep_their_command_key(
             EVENTS_STREAM,
         )
 
-        assert await migrate(empty_database_url) == ["0006_reconciled_commands"]
+        assert (await migrate(empty_database_url))[0] == "0006_reconciled_commands"
 
         keys = [
             r["command_key"] for r in await connection.fetch("SELECT * FROM outbox ORDER BY id")

@@ -53,19 +53,17 @@ async def mark_job_in_progress(connection: asyncpg.Connection, job_id: JobId) ->
 
 
 async def file_counts(connection: asyncpg.Connection, job_id: JobId) -> FileCounts:
+    """The job's file totals from its row (kept by migration 0007's trigger), never a count."""
     row = await connection.fetchrow(
-        "SELECT count(*) AS total,"
-        " count(*) FILTER (WHERE status = 'completed') AS completed,"
-        " count(*) FILTER (WHERE status = 'failed') AS failed,"
-        " count(*) FILTER (WHERE status = 'cancelled') AS cancelled"
-        " FROM files WHERE job_id = $1",
+        "SELECT total_files, files_completed, files_failed, files_cancelled"
+        " FROM jobs WHERE id = $1",
         job_id,
     )
     return FileCounts(
-        total=row["total"],
-        completed=row["completed"],
-        failed=row["failed"],
-        cancelled=row["cancelled"],
+        total=row["total_files"],
+        completed=row["files_completed"],
+        failed=row["files_failed"],
+        cancelled=row["files_cancelled"],
     )
 
 

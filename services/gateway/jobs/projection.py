@@ -2,6 +2,8 @@
 
 Every UPDATE names the states it may leave, so state only moves forward:
 pending -> downloading -> completed | failed | cancelled, and a final state never changes.
+Each UPDATE that moves a file also moves its job's counters in the same statement (the trigger
+of migration 0007), so a file counts once and a replayed or late event moves nothing.
 """
 
 from __future__ import annotations

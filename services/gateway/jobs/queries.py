@@ -31,20 +31,22 @@ if TYPE_CHECKING:
     from services.gateway.jobs.records import NewJob, SubmittedJob
     from shared.ids import UserId
 
-# Per-job aggregates over its files; joined LATERAL onto one job or a page of them.
+# A job's progress from the counters on its row (migration 0007) and one indexed LIMIT 1 look-up
+# for its current file: nothing here reads more rows for a job of more files.
 _JOB_PROGRESS = """
-    count(*) FILTER (WHERE f.status = 'completed') AS completed,
-    count(*) FILTER (WHERE f.status = 'failed') AS failed,
-    count(*) FILTER (WHERE f.status IN ('completed', 'failed', 'cancelled')) AS done,
-    coalesce(sum(f.bytes_downloaded), 0)::bigint AS bytes_downloaded,
-    (array_agg(coalesce(f.filename, f.requested_name, f.url) ORDER BY f.position)
-        FILTER (WHERE f.status = 'downloading'))[1] AS current_file,
+    j.files_completed AS completed,
+    j.files_failed AS failed,
+    j.files_completed + j.files_failed + j.files_cancelled AS done,
+    j.bytes_downloaded,
+    (SELECT coalesce(f.filename, f.requested_name, f.url) FROM files f
+      WHERE f.job_id = j.id AND f.status = 'downloading' ORDER BY f.position LIMIT 1)
+        AS current_file,
     jsonb_array_length(coalesce(j.options -> 'process', '[]')) > 0 AS wants_processing,
-    count(*) FILTER (WHERE f.processing_status IS NOT NULL) AS processing_total,
-    count(*) FILTER (WHERE f.processing_status = 'completed') AS processing_completed,
-    count(*) FILTER (WHERE f.processing_status = 'failed') AS processing_failed,
-    count(*) FILTER (WHERE f.processing_status IN ('completed', 'failed')
-        OR f.status IN ('failed', 'cancelled')) AS processing_done,
+    j.processing_total,
+    j.processing_completed,
+    j.processing_failed,
+    j.processing_completed + j.processing_failed + j.files_failed + j.files_cancelled
+        AS processing_done,
     jsonb_array_length(coalesce(j.options -> 'composites', '[]')) AS composites_total,
     (SELECT count(*) FROM composites c WHERE c.job_id = j.id AND c.status = 'completed')
         AS composites_completed,
@@ -53,7 +55,8 @@ _JOB_PROGRESS = """
 """
 
 _JOB_COLUMNS = (
-    "j.id, j.status, j.priority, j.metadata, j.created_at, j.updated_at, j.error, j.total_files"
+    "j.id, j.status, j.priority, j.metadata, j.created_at, j.updated_at, j.error, j.total_files,"
+    f" {_JOB_PROGRESS}"
 )
 
 
@@ -77,9 +80,7 @@ class JobRepository:
 
     async def job_status(self, user_id: UserId, job_id: JobId) -> JobRecord:
         row = await self._pool.fetchrow(
-            f"SELECT {_JOB_COLUMNS}, p.* FROM jobs j"
-            f" CROSS JOIN LATERAL (SELECT {_JOB_PROGRESS} FROM files f WHERE f.job_id = j.id) p"
-            " WHERE j.id = $1 AND j.user_id = $2",
+            f"SELECT {_JOB_COLUMNS} FROM jobs j WHERE j.id = $1 AND j.user_id = $2",
             job_id,
             user_id,
         )
@@ -98,12 +99,11 @@ class JobRepository:
                 status,
             )
             rows = await connection.fetch(
-                f"SELECT {_JOB_COLUMNS}, p.* FROM ("
+                # The page first, so only its jobs look up their current file.
+                f"SELECT {_JOB_COLUMNS} FROM ("
                 "  SELECT * FROM jobs WHERE user_id = $1 AND ($2::text IS NULL OR status = $2)"
                 "  ORDER BY created_at DESC, id DESC LIMIT $3 OFFSET $4"
-                ") j CROSS JOIN LATERAL"
-                f" (SELECT {_JOB_PROGRESS} FROM files f WHERE f.job_id = j.id) p"
-                " ORDER BY j.created_at DESC, j.id DESC",
+                ") j ORDER BY j.created_at DESC, j.id DESC",
                 user_id,
                 status,
                 per_page,

@@ -18,6 +18,12 @@ if TYPE_CHECKING:
 
     from services.gateway.jobs.records import NewJob
 
+# A job's files not started yet, and not ended yet, from the counters on its row.
+_PENDING_FILES = (
+    "(total_files - files_downloading - files_completed - files_failed - files_cancelled)"
+)
+_OPEN_FILES = "(total_files - files_completed - files_failed - files_cancelled)"
+
 # Throughput for estimates is measured over this window.
 THROUGHPUT_WINDOW_S = 300
 
@@ -55,8 +61,7 @@ async def submit_job(
         )
         job_id = JobId(str(row["id"]))
         own_open = await connection.fetchval(
-            "SELECT count(*) FROM files WHERE job_id = $1 AND status IN ('pending', 'downloading')",
-            job_id,
+            f"SELECT {_OPEN_FILES} FROM jobs WHERE id = $1", job_id
         )
     else:
         await _write_files(connection, job_id, job, trace_headers=trace_headers)
@@ -131,10 +136,11 @@ async def _place_in_lane(
     """How many files of older jobs wait in the job's lane, and the seconds until the job's
     own files are done at recent throughput (None when nothing finished recently)."""
     lane = lane_for(priority)
+    # From the counters of the lane's unfinished jobs (a job with a pending file is unfinished).
     ahead: int = await connection.fetchval(
-        "SELECT count(*) FROM files f JOIN jobs j ON j.id = f.job_id"
-        " WHERE f.status = 'pending' AND j.priority = ANY($1::smallint[])"
-        " AND (j.created_at, j.id) < ($2, $3)",
+        f"SELECT coalesce(sum({_PENDING_FILES}), 0) FROM jobs"
+        " WHERE finished_at IS NULL AND priority = ANY($1::smallint[])"
+        " AND (created_at, id) < ($2, $3)",
         [p for p in range(1, 11) if lane_for(p) is lane],
         created_at,
         job_id,
