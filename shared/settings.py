@@ -46,6 +46,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     metrics_port: int | None = None
     log_level: LogLevel = "INFO"
     progress_interval_s: float = 1.0
+    segment_threshold_bytes: int = 64 * 1024**2
+    segments: int = 4
+    host_slot_lease_s: float = 5.0
 
     def __post_init__(self) -> None:
         _check_positive(self, "http_port", "download_concurrency", "per_host_concurrency")
@@ -53,6 +56,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         _check_positive(self, "max_export_size_bytes")
         _check_positive(self, "process_workers", "connect_timeout_s", "read_timeout_s")
         _check_positive(self, "file_deadline_s", "job_timeout_s", "reconcile_interval_s")
+        _check_positive(self, "segment_threshold_bytes", "segments", "host_slot_lease_s")
         if self.retry_backoff_s < 0:
             raise ConfigError(f"{_env_name('retry_backoff_s')} must be >= 0")
         for network in self.allowed_networks:

@@ -1,13 +1,12 @@
-"""Per-host concurrency and the address guard that keeps downloads off internal networks."""
+"""The address guard that keeps downloads off internal networks, and the per-host limit's port."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import ipaddress
 import socket
-from collections import defaultdict
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from aiohappyeyeballs import AddrInfoType, SocketFactoryType
@@ -154,20 +153,12 @@ def guarded_connector(
     return TCPConnector(
         resolver=GuardedResolver(guard, resolver),
         socket_factory=guarded_socket_factory(guard),
-        limit=0,  # the consumer's concurrency and HostLimits bound connections, not the pool
+        limit=0,  # the consumer's concurrency and the host budget bound connections, not the pool
         ttl_dns_cache=ttl_dns_cache_s,
     )
 
 
-class HostLimits:
-    """At most `per_host` concurrent downloads from one host."""
+class HostLimits(Protocol):
+    """Connections to one host: `slot` holds one of them for its block (budget.HostBudget)."""
 
-    def __init__(self, per_host: int) -> None:
-        self._semaphores: defaultdict[str, asyncio.Semaphore] = defaultdict(
-            lambda: asyncio.Semaphore(per_host)
-        )
-
-    @contextlib.asynccontextmanager
-    async def slot(self, host: str) -> AsyncIterator[None]:
-        async with self._semaphores[host.lower()]:
-            yield
+    def slot(self, host: str) -> AbstractAsyncContextManager[object]: ...

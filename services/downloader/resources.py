@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
+from services.downloader.budget import HostBudget
 from services.downloader.fetch import FetchLimits
 from services.downloader.handlers import DownloadDeps
-from services.downloader.limits import AddressGuard, HostLimits, guarded_connector
+from services.downloader.limits import AddressGuard, guarded_connector
 from services.downloader.state import CancelWatcher, RedisCompletions, RedisNames
 from shared import metrics
 from shared.storage import open_storage
@@ -51,7 +52,10 @@ async def open_downloader(context: WorkerContext) -> AsyncIterator[Downloader]:
         allow_private=settings.allow_private_networks, allowed_networks=settings.allowed_networks
     )
     cancellations = CancelWatcher(context.redis)
-    async with _session(settings, guard) as session:
+    budget = HostBudget(
+        context.redis, settings.per_host_concurrency, lease_s=settings.host_slot_lease_s
+    )
+    async with _session(settings, guard) as session, budget:
         deps = DownloadDeps(
             session=session,
             storage=open_storage(settings.storage_url),
@@ -60,12 +64,14 @@ async def open_downloader(context: WorkerContext) -> AsyncIterator[Downloader]:
             names=RedisNames(context.redis, retention_s),
             cancellations=cancellations,
             guard=guard,
-            host_limits=HostLimits(settings.per_host_concurrency),
+            host_limits=budget,
             limits=FetchLimits(
                 max_size_bytes=settings.max_file_size_bytes,
                 max_redirects=settings.max_redirects,
                 progress_interval_s=settings.progress_interval_s,
                 file_deadline_s=settings.file_deadline_s,
+                segment_threshold_bytes=settings.segment_threshold_bytes,
+                segments=settings.segments,
             ),
             worker=context.worker,
         )

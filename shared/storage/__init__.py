@@ -32,9 +32,28 @@ class PartWriter(Protocol):
         """What the writer recorded about the part's source (e.g. its ETag), kept with it."""
         ...
 
-    async def save_meta(self, meta: dict[str, str]) -> None: ...
+    async def save_meta(self, meta: dict[str, str], *, after_data: bool = False) -> None:
+        """Record `meta`; with `after_data`, only once the bytes written so far are on disk, for
+        a record of progress that must survive a power loss."""
+        ...
 
-    def write(self, chunk: bytes) -> None: ...
+    def write(self, chunk: bytes) -> None:
+        """Append `chunk` (blocking: call it from a worker thread for big chunks)."""
+        ...
+
+    async def allocate(self, size: int) -> None:
+        """Make the part `size` bytes long, for `write_at` to fill in any order."""
+        ...
+
+    def write_at(self, offset: int, chunk: bytes) -> None:
+        """Write `chunk` at `offset`, inside the `allocate`d length; blocking, safe from several
+        threads at once. A part is written either by `write` or by `write_at`, never by both.
+        """
+        ...
+
+    def read_at(self, offset: int, size: int) -> bytes:
+        """Up to `size` bytes from `offset` of what was written; blocking."""
+        ...
 
     def existing(self) -> AsyncIterator[bytes]:
         """The bytes kept from an earlier attempt, to rebuild a hash over them."""

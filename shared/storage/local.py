@@ -93,13 +93,35 @@ class LocalPart:
     def meta(self) -> dict[str, str]:
         return dict(self._meta)
 
-    async def save_meta(self, meta: dict[str, str]) -> None:
+    async def save_meta(self, meta: dict[str, str], *, after_data: bool = False) -> None:
+        if after_data:
+            self._handle.flush()
+            await asyncio.to_thread(os.fdatasync, self._handle.fileno())
         self._meta = dict(meta)
-        _meta_path(self._path).write_bytes(msgspec.json.encode(self._meta))
+        # Replaced whole, never rewritten in place: a crash mid-save keeps the old record.
+        path = _meta_path(self._path)
+        staged = path.with_name("." + path.name)
+        staged.write_bytes(msgspec.json.encode(self._meta))
+        os.replace(staged, path)
 
     def write(self, chunk: bytes) -> None:
         self._handle.write(chunk)
         self._size += len(chunk)
+
+    async def allocate(self, size: int) -> None:
+        self._handle.flush()
+        os.ftruncate(self._handle.fileno(), size)
+        self._handle.seek(size)
+        self._size = size
+
+    def write_at(self, offset: int, chunk: bytes) -> None:
+        view = memoryview(chunk)
+        while view:
+            written = os.pwrite(self._handle.fileno(), view, offset)
+            view, offset = view[written:], offset + written
+
+    def read_at(self, offset: int, size: int) -> bytes:
+        return os.pread(self._handle.fileno(), size, offset)
 
     async def existing(self) -> AsyncIterator[bytes]:
         self._handle.flush()
@@ -176,7 +198,10 @@ class LocalStorage:
                 meta = {}
         else:
             _meta_path(path).unlink(missing_ok=True)
-        handle = path.open("ab" if resume else "wb")
+        # Not O_APPEND, which would send every positioned write of a segment to the end.
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | (0 if resume else os.O_TRUNC), 0o644)
+        handle = os.fdopen(fd, "r+b")
+        handle.seek(0, os.SEEK_END)
         return LocalPart(self.root, path, handle, meta)
 
     async def discard_part(self, part_id: str) -> None:

@@ -11,9 +11,10 @@ import aiohttp
 import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 
+from services.downloader.budget import HostBudget
 from services.downloader.fetch import FetchLimits
 from services.downloader.handlers import DownloadDeps
-from services.downloader.limits import AddressGuard, HostLimits, guarded_connector
+from services.downloader.limits import AddressGuard, guarded_connector
 from services.downloader.state import CancelWatcher, RedisCompletions, RedisNames
 from shared.events import DownloadFile, Event
 from shared.ids import JobId, UserId, new_file_id
@@ -79,6 +80,8 @@ class MakeDownloader(Protocol):
         per_host: int = 4,
         resolver: AbstractResolver | None = None,
         file_deadline_s: float = 60.0,
+        segment_threshold_bytes: int = 64 * 1024**2,
+        segments: int = 4,
     ) -> Downloader: ...
 
 
@@ -146,6 +149,8 @@ async def make_downloader(redis: Redis, tmp_path: Path) -> AsyncIterator[MakeDow
             per_host: int = 4,
             resolver: AbstractResolver | None = None,
             file_deadline_s: float = 60.0,
+            segment_threshold_bytes: int = 64 * 1024**2,
+            segments: int = 4,
         ) -> Downloader:
             guard = AddressGuard(allow_private=allow_private, allowed_networks=allowed_networks)
             # The same connector as services/downloader/app.py: names and every peer are checked.
@@ -155,6 +160,8 @@ async def make_downloader(redis: Redis, tmp_path: Path) -> AsyncIterator[MakeDow
                 auto_decompress=False,
             )
             stack.push_async_callback(session.close)
+            budget = HostBudget(redis, per_host)
+            stack.push_async_callback(budget.close)
             publisher = RecordingPublisher()
             cancellations = CancelWatcher(redis)
             deps = DownloadDeps(
@@ -165,12 +172,14 @@ async def make_downloader(redis: Redis, tmp_path: Path) -> AsyncIterator[MakeDow
                 names=RedisNames(redis, RETENTION_S),
                 cancellations=cancellations,
                 guard=guard,
-                host_limits=HostLimits(per_host),
+                host_limits=budget,
                 limits=FetchLimits(
                     max_size_bytes=max_size_bytes,
                     max_redirects=max_redirects,
                     progress_interval_s=0.05,
                     file_deadline_s=file_deadline_s,
+                    segment_threshold_bytes=segment_threshold_bytes,
+                    segments=segments,
                 ),
                 worker="test-worker-1",
             )

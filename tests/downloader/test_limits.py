@@ -1,12 +1,10 @@
-"""The address guard on address strings, the guarded resolver, and per-host limits."""
+"""The address guard on address strings and the guarded resolver."""
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
-from services.downloader.limits import AddressGuard, GuardedResolver, HostLimits
+from services.downloader.limits import AddressGuard, GuardedResolver
 from shared.errors import BlockedAddress, PermanentError
 
 # Strings only: nothing here is ever connected to.
@@ -113,41 +111,3 @@ async def test_the_resolver_passes_allowed_results_through() -> None:
     assert results
     assert {r["host"] for r in results} <= {"127.0.0.1", "::1"}
     assert {r["port"] for r in results} == {8080}
-
-
-async def test_host_limits_cap_concurrency_per_host() -> None:
-    limits = HostLimits(2)
-    inside = {"a.test": 0, "b.test": 0}
-    peak = {"a.test": 0, "b.test": 0}
-
-    async def fetch(host: str) -> None:
-        key = host.lower()
-        async with limits.slot(host):
-            inside[key] += 1
-            peak[key] = max(peak[key], inside[key])
-            await asyncio.sleep(0.02)
-            inside[key] -= 1
-
-    await asyncio.gather(
-        *(fetch("a.test") for _ in range(6)),
-        *(fetch("A.TEST") for _ in range(2)),  # host names are case-insensitive
-        *(fetch("b.test") for _ in range(2)),
-    )
-    assert peak == {"a.test": 2, "b.test": 2}
-
-
-async def test_a_host_at_its_limit_does_not_hold_up_others() -> None:
-    limits = HostLimits(1)
-    release = asyncio.Event()
-
-    async def hold() -> None:
-        async with limits.slot("slow.test"):
-            await release.wait()
-
-    holder = asyncio.create_task(hold())
-    await asyncio.sleep(0)
-    async with asyncio.timeout(1):
-        async with limits.slot("fast.test"):
-            pass
-    release.set()
-    await holder

@@ -65,7 +65,9 @@ def _file_requests(file_server: FileServer, name: str) -> list[RequestRecord]:
 def test_a_killed_downloaders_file_is_resumed_by_another(
     pipeline_factory: PipelineFactory, file_server: FileServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    stack = pipeline_factory(**FAST)
+    # One connection: this is the resume of a plain stream (tests/integration/test_segments.py
+    # resumes a segmented one).
+    stack = pipeline_factory(**FAST, DOWNLINK_SEGMENTS="1")
     first = stack.start_downloader()
     alice = stack.client("alice")
     size = 200 * MIB

@@ -108,6 +108,26 @@ class StorageContract:
         assert digest.hexdigest() == hashlib.sha256(data).hexdigest()
         await part.abort()
 
+    async def test_positioned_writes_fill_an_allocated_part_in_any_order(
+        self, storage: Storage
+    ) -> None:
+        part = await storage.open_part("file-1", resume=False)
+        await part.allocate(12)
+        assert part.size == 12
+        await asyncio.gather(
+            asyncio.to_thread(part.write_at, 8, b"ijkl"),
+            asyncio.to_thread(part.write_at, 0, b"abcd"),
+            asyncio.to_thread(part.write_at, 4, b"efgh"),
+        )
+        assert part.read_at(2, 4) == b"cdef"
+        await part.save_meta({"segments": "0-12-12"})
+        await part.close()
+        resumed = await storage.open_part("file-1", resume=True)
+        assert (resumed.size, resumed.meta) == (12, {"segments": "0-12-12"})
+        resumed.write_at(0, b"A")  # a resumed part still writes in place, not at its end
+        await resumed.commit(KEY)
+        assert await read_all(storage, KEY) == b"Abcdefghijkl"
+
     async def test_opening_without_resume_starts_from_zero(self, storage: Storage) -> None:
         first = await storage.open_part("file-1", resume=False)
         first.write(b"stale bytes")

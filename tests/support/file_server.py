@@ -16,6 +16,10 @@ Routes (every one answers HEAD too):
 - `GET /flaky/{name}?fail=N&code=500&retry_after=S`: the first N requests for that name answer
   `code`, later ones serve the file like /files (same knobs).
 - `GET /redirect?to=<url>&n=<k>&code=302`: a chain of k redirects ending at `to`.
+
+`FileServer(root, rate_per_connection=B)` throttles every file response to B bytes/s (a server
+that caps each connection, as Copernicus does); `in_flight` and `peak_in_flight` count the
+requests being served at once to a client still connected (each holds one connection).
 """
 
 from __future__ import annotations
@@ -122,8 +126,11 @@ def _if_range_matches(value: str | None, etag: str | None, last_modified: str | 
 class FileServer:
     """Serve files from `root` on 127.0.0.1 at a free port; see the module docstring for routes."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, rate_per_connection: float | None = None) -> None:
         self.root = root
+        self.rate_per_connection = rate_per_connection
+        self.peak_in_flight = 0
+        self._serving: dict[int, web.Request] = {}  # by id: a request is not hashable
         self.root.mkdir(parents=True, exist_ok=True)
         self.port = 0
         self.url = ""
@@ -252,7 +259,7 @@ class FileServer:
         """URL of `/flaky/{name}` that fails `fail` times with `code`, then serves the file."""
         return self._url(f"/flaky/{quote(name)}", {"fail": fail, "code": code, **params})
 
-    def status_url(self, code: int, **params: str | int) -> str:
+    def status_url(self, code: int, **params: str | int | float) -> str:
         """URL of `/status/{code}`."""
         return self._url(f"/status/{code}", params)
 
@@ -271,9 +278,20 @@ class FileServer:
         return [r for r in self.requests if r.path == path]
 
     def reset_requests(self) -> None:
-        """Forget the requests recorded so far."""
+        """Forget the requests recorded so far, and the peak of requests in flight."""
         with self._lock:
             self._requests.clear()
+        self.peak_in_flight = self.in_flight
+
+    @property
+    def in_flight(self) -> int:
+        """Requests being served whose client is still connected."""
+        with self._lock:
+            return sum(
+                1
+                for r in self._serving.values()
+                if r.transport is not None and not r.transport.is_closing()
+            )
 
     def wait_for_requests(
         self, count: int = 1, path: str | None = None, timeout: float = 10.0
@@ -330,6 +348,9 @@ class FileServer:
         )
         with self._lock:
             self._requests.append(record)
+            self._serving[id(request)] = request
+        # A client that hung up no longer counts, though its handler may not have noticed yet.
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         request[_RECORD] = record
         try:
             response = await handler(request)
@@ -348,6 +369,8 @@ class FileServer:
             return response
         finally:
             record.ended = time.monotonic()
+            with self._lock:
+                self._serving.pop(id(request), None)
 
     async def _handle_file(self, request: web.Request) -> web.StreamResponse:
         return await self._serve_file(request, request.match_info["name"])
@@ -436,7 +459,7 @@ class FileServer:
             response.content_length = end - start
         record.status = status
         record.response_headers = dict(headers)
-        rate = float(query["rate"]) if "rate" in query else None
+        rate = float(query["rate"]) if "rate" in query else self.rate_per_connection
         abort_after = int(query["abort_after"]) if "abort_after" in query else None
         try:
             await response.prepare(request)
@@ -446,6 +469,15 @@ class FileServer:
         except ConnectionError:
             record.disconnected = True
         return response
+
+    async def _pace(self, request: web.Request, until: float) -> None:
+        """Sleep until the loop time `until`, in short naps that end once the client hangs up,
+        so a throttled response counts in flight only while its connection is open."""
+        loop = asyncio.get_running_loop()
+        while (delay := until - loop.time()) > 0:
+            if request.transport is None or request.transport.is_closing():
+                return
+            await asyncio.sleep(min(delay, 0.005))
 
     async def _stream(
         self,
@@ -478,11 +510,12 @@ class FileServer:
                 record.bytes_sent += len(data)
                 remaining -= len(data)
                 if rate is not None:
-                    delay = began + record.bytes_sent / rate - loop.time()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
+                    await self._pace(request, began + record.bytes_sent / rate)
+                    if request.transport is None or request.transport.is_closing():
+                        break
         if remaining > 0:
-            # Cut short (abort_after, or the server is stopping): drop the connection so the
+            # Cut short (abort_after, the client hung up, or the server is stopping): drop the
+            # connection so the
             # client sees a truncated body rather than a hang.
             record.disconnected = True
             if request.transport is not None:
