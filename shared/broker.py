@@ -4,16 +4,23 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
+import msgspec
 from fast_depends.msgspec import MsgSpecSerializer
 from faststream.redis import RedisBroker
 from faststream.redis.opentelemetry import RedisTelemetryMiddleware
+from faststream.redis.parser import BinaryMessageFormatV1
+from opentelemetry import propagate, trace
 
-from shared.streams import EVENTS_STREAM
+from shared.pipelining import RoundTrips
+from shared.streams import DATA_FIELD, EVENTS_STREAM
 
 if TYPE_CHECKING:
-    from opentelemetry.trace import TracerProvider
+    from collections.abc import Mapping
 
-    from shared.events import Command, Event, ExportEvent
+    from opentelemetry.trace import TracerProvider
+    from redis.asyncio import Redis
+
+    from shared.events import Command, Event, ExportEvent, TaskEvent
 
 
 def create_broker(redis_url: str, tracer_provider: TracerProvider | None = None) -> RedisBroker:
@@ -28,17 +35,67 @@ def create_broker(redis_url: str, tracer_provider: TracerProvider | None = None)
 class EventPublisher(Protocol):
     """Where handlers send their facts."""
 
-    async def publish(self, event: Event | ExportEvent) -> None: ...
+    async def publish(self, event: Event | ExportEvent | TaskEvent) -> None: ...
+
+
+class Frames:
+    """Frames bodies as FastStream does, each under a publish span carried in its headers.
+
+    FastStream's own publish costs ~180 µs of CPU per message here (its middleware stack);
+    this is the same frame and the same span for a fraction, so the busiest writers (the
+    relay, the workers' events) use it and pipeline the XADDs themselves.
+    """
+
+    def __init__(self, tracer_provider: TracerProvider | None = None) -> None:
+        self._tracer = trace.get_tracer("downlink.publisher", tracer_provider=tracer_provider)
+
+    async def frame(
+        self, stream: str, body: bytes, *, correlation_id: str, headers: Mapping[str, str] = {}
+    ) -> bytes:
+        """The frame of `body` for `stream`; its traceparent is a new publish span, a child
+        of the current context."""
+        with self._tracer.start_as_current_span(
+            f"{stream} publish",
+            kind=trace.SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "redis",
+                "messaging.destination.name": stream,
+                "messaging.operation.type": "publish",
+            },
+        ):
+            framed = {**headers, "content-type": "application/json"}
+            propagate.inject(framed)
+            return await BinaryMessageFormatV1.encode(
+                message=body, reply_to=None, headers=framed, correlation_id=correlation_id
+            )
 
 
 class BrokerPublisher:
-    """Publishes events to `downlink:events` and commands to their lanes through the broker."""
+    """Publishes events to `downlink:events` and commands to their lanes.
 
-    def __init__(self, broker: RedisBroker) -> None:
+    Events, the busiest writes of every worker, go through a pipeline: concurrent handlers'
+    events share round trips (see shared.pipelining).
+    """
+
+    def __init__(
+        self, broker: RedisBroker, redis: Redis, tracer_provider: TracerProvider | None = None
+    ) -> None:
         self._broker = broker
+        self._redis = redis
+        self._frames = Frames(tracer_provider)
+        self._events: RoundTrips[bytes] = RoundTrips(self._add_events)
 
-    async def publish(self, event: Event | ExportEvent) -> None:
-        await self._broker.publish(event, stream=EVENTS_STREAM)
+    async def publish(self, event: Event | ExportEvent | TaskEvent) -> None:
+        frame = await self._frames.frame(
+            EVENTS_STREAM, msgspec.json.encode(event), correlation_id=event.event_id
+        )
+        await self._events.submit(frame)
 
     async def send(self, command: Command, stream: str) -> None:
         await self._broker.publish(command, stream=stream)
+
+    async def _add_events(self, frames: list[bytes]) -> None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for frame in frames:
+                pipe.xadd(EVENTS_STREAM, {DATA_FIELD: frame})
+            await pipe.execute()

@@ -1,125 +1,65 @@
-"""The one consumer machinery: read lanes by priority, run a handler, ack, retry or dead-letter.
+"""The one consumer machinery: read lanes by priority, hand entries to a handler.
 
 It knows nothing of downloads: a service hands it streams, a group, a handler and a policy.
-This is the only code that acknowledges. FastStream's nack/reject do nothing on Redis Streams,
-so retries (a delayed re-publish with backoff) and dead letters are built here on redis-py;
-leases and the reclaim of a dead consumer's entries come from shared.reclaim.
+How an entry is settled (ack, retry, dead letter) is shared.outcomes; leases and the reclaim of
+a dead consumer's entries come from shared.reclaim.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import msgspec
-from faststream.redis.parser import BinaryMessageFormatV1
 from opentelemetry import propagate, trace
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import metrics
+from shared.deliveries import (
+    ATTEMPT_HEADER,
+    BatchHandler,
+    ConsumerPolicy,
+    ConsumerStats,
+    DeadHook,
+    DeadLetter,
+    Delivery,
+    Handler,
+    RetryHook,
+    decode_delivery,
+)
 from shared.errors import JobCancelled, PermanentError, PoisonMessage, TransientError
+from shared.outcomes import Outcomes
 from shared.reclaim import Claimed, Reclaimer
-from shared.streams import DEAD_STREAM, DELAYED_KEY
+from shared.streams import DATA_FIELD
 from shared.telemetry import links_from
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-    from shared.settings import Settings
+# Re-exported: services and tests import the consumer's vocabulary from here.
+__all__ = [
+    "ATTEMPT_HEADER",
+    "BatchHandler",
+    "ConsumerPolicy",
+    "ConsumerStats",
+    "DeadLetter",
+    "Delivery",
+    "StreamConsumer",
+    "ensure_groups",
+]
 
 log = logging.getLogger(__name__)
 
-ATTEMPT_HEADER = "downlink-attempt"
-DATA_FIELD = b"__data__"
 _READ_BLOCK_MS = 1000
 _REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
-
-# Moves due retries back onto their stream in one atomic step, so a crash between the two
-# writes can neither lose nor duplicate a retry. Member: stream name, "\n", the stream frame.
-_MOVE_DUE = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 100)
-for _, member in ipairs(due) do
-  local sep = string.find(member, '\\n', 1, true)
-  redis.call('XADD', string.sub(member, 1, sep - 1), '*', '__data__', string.sub(member, sep + 1))
-  redis.call('ZREM', KEYS[1], member)
-end
-return #due
-"""
-
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """One stream entry handed to a handler.
-
-    Attributes:
-        stream: the stream it was read from.
-        entry_id: its Redis entry id.
-        body: the message body (JSON).
-        headers: the frame's headers (traceparent, correlation id, attempt).
-        attempt: 1 on the first try; counts retries and crashed deliveries.
-    """
-
-    stream: str
-    entry_id: str
-    body: bytes
-    headers: dict[str, Any]
-    attempt: int
-
-
-Handler = Callable[[Delivery], Awaitable[None]]
-DeadHook = Callable[[Delivery, BaseException], Awaitable[None]]
-# Called once a failed try is scheduled again: the delivery, its error, the delay in seconds.
-RetryHook = Callable[[Delivery, BaseException, float], Awaitable[None]]
-
-
-@dataclass(frozen=True, slots=True)
-class ConsumerPolicy:
-    """How a consumer paces, retries and gives up; plain data so user tasks can carry one."""
-
-    concurrency: int = 1
-    max_tries: int = 3
-    retry_backoff_s: float = 5.0
-    claim_idle_s: float = 30.0
-    lease_renew_s: float = 5.0
-    shutdown_grace_s: float = 30.0
-
-    @classmethod
-    def from_settings(cls, settings: Settings, *, concurrency: int) -> ConsumerPolicy:
-        """The policy every service derives from DOWNLINK_* settings."""
-        return cls(
-            concurrency=concurrency,
-            max_tries=settings.max_tries,
-            retry_backoff_s=settings.retry_backoff_s,
-            claim_idle_s=settings.claim_idle_s,
-            lease_renew_s=settings.lease_renew_s,
-            shutdown_grace_s=settings.shutdown_grace_s,
-        )
-
-    def backoff_s(self, attempt: int, retry_after_s: float | None = None) -> float:
-        """Delay before try `attempt + 1`: doubling from the base, with jitter."""
-        if retry_after_s is not None:
-            return retry_after_s
-        base: float = self.retry_backoff_s * 2 ** (attempt - 1)
-        return base * random.uniform(0.8, 1.2)
-
-
-@dataclass(slots=True)
-class ConsumerStats:
-    """Counts a worker reports about itself."""
-
-    processed: int = 0
-    failed: int = 0
-    retried: int = 0
-    dead: int = 0
-    in_flight: int = 0
 
 
 @dataclass
@@ -136,11 +76,23 @@ class StreamConsumer:
     tracer_provider: trace.TracerProvider | None = None
     stats: ConsumerStats = field(default_factory=ConsumerStats)
     on_retry: RetryHook | None = None
+    batch_handler: BatchHandler | None = None
+    batch_size: int = 1
 
     def __post_init__(self) -> None:
+        # A slot is one entry in flight, or with a batch handler one batch.
         self._slots = asyncio.Semaphore(self.policy.concurrency)
+        self._outcomes = Outcomes(
+            self.redis,
+            self.group,
+            self.consumer,
+            self.policy,
+            self.stats,
+            on_dead=self.on_dead,
+            on_retry=self.on_retry,
+        )
         self._stopping = asyncio.Event()
-        self._in_flight: dict[asyncio.Task[None], tuple[str, str]] = {}
+        self._in_flight: dict[asyncio.Task[None], list[tuple[str, str]]] = {}
         self._tracer = trace.get_tracer("downlink.consumer", tracer_provider=self.tracer_provider)
         self._reclaimer = Reclaimer(
             self.redis, tuple(self.streams), self.group, self.consumer, self.policy.claim_idle_s
@@ -152,7 +104,7 @@ class StreamConsumer:
         background = [
             asyncio.create_task(self._every(self.policy.lease_renew_s, self._renew_leases)),
             asyncio.create_task(self._every(self._reclaimer.interval_s, self._reclaim)),
-            asyncio.create_task(self._every(0.5, self._move_due_retries)),
+            asyncio.create_task(self._every(0.5, self._outcomes.move_due_retries)),
         ]
         try:
             await self._read_loop()
@@ -170,10 +122,12 @@ class StreamConsumer:
 
     async def _read_loop(self) -> None:
         while await self._take_slot():
+            held = 1 if self.batch_handler else 1 + await self._take_free_slots()
+            count = self.batch_size if self.batch_handler else held
             try:
-                entries = await self._read_next()
+                entries = await self._read_next(count)
             except ResponseError as exc:
-                self._slots.release()
+                self._release(held)
                 if not _stream_vanished(exc):
                     log.exception("reading %s failed", ", ".join(self.streams))
                     await self._sleep_unless_stopping(1.0)
@@ -183,15 +137,28 @@ class StreamConsumer:
                 await ensure_groups(self.redis, {self.group: tuple(self.streams)})
                 continue
             except _REDIS_DOWN as exc:
-                self._slots.release()
+                self._release(held)
                 log.warning("redis unreachable while reading: %s", exc)
                 await self._sleep_unless_stopping(1.0)
                 continue
-            if not entries:
-                self._slots.release()
+            if self.batch_handler is not None and entries:
+                self._spawn_batch(entries)
                 continue
-            for index, (stream, entry_id, fields) in enumerate(entries):
-                self._spawn(stream, entry_id, fields, delivery_count=1, has_slot=index == 0)
+            self._release(held - len(entries))
+            for stream, entry_id, fields in entries:
+                self._spawn(stream, entry_id, fields, delivery_count=1, has_slot=True)
+
+    async def _take_free_slots(self) -> int:
+        """Take every slot free right now, without waiting: one read fills them all."""
+        taken = 0
+        while not self._slots.locked():
+            await self._slots.acquire()  # returns at once: a free slot never suspends
+            taken += 1
+        return taken
+
+    def _release(self, slots: int) -> None:
+        for _ in range(slots):
+            self._slots.release()
 
     async def _take_slot(self) -> bool:
         """Wait for a free slot; False, holding none, once the consumer is stopping.
@@ -223,21 +190,25 @@ class StreamConsumer:
         elif not acquire.cancelled():
             self._slots.release()
 
-    async def _read_next(self) -> list[tuple[str, str, dict[bytes, bytes]]]:
-        # Highest lane first, without blocking; only when all are empty block on all of them.
+    async def _read_next(self, count: int) -> list[tuple[str, str, dict[bytes, bytes]]]:
+        # Highest lane first, without blocking, each lane filling what the ones above left;
+        # only when all are empty block on all of them.
+        entries: list[tuple[str, str, dict[bytes, bytes]]] = []
         for stream in self.streams:
             response = await self.redis.xreadgroup(
-                self.group, self.consumer, {stream: ">"}, count=1
+                self.group, self.consumer, {stream: ">"}, count=count - len(entries)
             )
             if response:
-                return _flatten(response)
-        if self._stopping.is_set():
-            return []
+                entries += _flatten(response)
+                if len(entries) >= count:
+                    return entries
+        if entries or self._stopping.is_set():
+            return entries
         response = await self.redis.xreadgroup(
             self.group,
             self.consumer,
             dict.fromkeys(self.streams, ">"),
-            count=1,
+            count=count,
             block=_READ_BLOCK_MS,
         )
         return _flatten(response) if response else []
@@ -255,7 +226,7 @@ class StreamConsumer:
             self._run_entry(stream, entry_id, fields, delivery_count, has_slot),
             name=f"{self.group}:{stream}:{entry_id}",
         )
-        self._in_flight[task] = (stream, entry_id)
+        self._in_flight[task] = [(stream, entry_id)]
         task.add_done_callback(self._in_flight.pop)
 
     async def _run_entry(
@@ -282,145 +253,110 @@ class StreamConsumer:
         self, stream: str, entry_id: str, fields: dict[bytes, bytes], delivery_count: int
     ) -> None:
         frame = fields.get(DATA_FIELD, b"")
-        try:
-            body, headers = BinaryMessageFormatV1.parse(frame)
-        except Exception:
-            body, headers = frame, {}
-        earlier = _int_header(headers, ATTEMPT_HEADER)
-        delivery = Delivery(stream, entry_id, body, headers, attempt=earlier + delivery_count)
-        # The publisher's span is the parent: one trace from the request that caused the work.
-        parent = propagate.extract(headers)
-        with self._tracer.start_as_current_span(
-            f"{stream} process",
-            context=parent,
-            kind=trace.SpanKind.CONSUMER,
-            links=links_from(headers),
-            attributes={
-                "messaging.system": "redis",
-                "messaging.destination.name": stream,
-                "messaging.message.id": entry_id,
-                "messaging.consumer.group.name": self.group,
-                "messaging.consumer.name": self.consumer,
-                "downlink.attempt": delivery.attempt,
-            },
-        ) as span:
+        delivery = decode_delivery(stream, entry_id, frame, delivery_count)
+        with self.span_for(delivery) as span:
             began = time.monotonic()
             # Whatever ends the handler without an outcome below (a shutdown cancelling it)
             # leaves the entry pending for a reclaim: abandoned, not failed.
             outcome = "abandoned"
             try:
-                try:
-                    if not frame or not body:
-                        raise PoisonMessage(f"entry {entry_id} of {stream} has no readable body")
-                    await self.handler(delivery)
-                except JobCancelled:
-                    outcome = "cancelled"
-                    await self._ack(delivery)
-                except PermanentError as exc:
-                    outcome = "dead"
-                    span.record_exception(exc)
-                    span.set_status(trace.StatusCode.ERROR, str(exc))
-                    await self._dead_letter(delivery, exc)
-                except Exception as exc:
-                    span.record_exception(exc)
-                    span.set_status(trace.StatusCode.ERROR, str(exc))
-                    if delivery.attempt >= self.policy.max_tries:
-                        outcome = "dead"
-                        await self._dead_letter(delivery, exc)
-                    else:
-                        outcome = "retried"
-                        retry_after = exc.retry_after_s if isinstance(exc, TransientError) else None
-                        await self._retry_later(delivery, frame, retry_after, exc)
-                else:
-                    outcome = "completed"
-                    self.stats.processed += 1
-                    await self._ack(delivery)
+                outcome = await self._run_handler(delivery, frame, span)
             finally:
                 span.set_attribute("downlink.outcome", outcome)
                 metrics.observe_task(self.group, outcome, time.monotonic() - began)
 
-    # --- outcomes -----------------------------------------------------------------------------
-
-    async def _ack(self, delivery: Delivery) -> None:
-        # Shielded: a shutdown arriving now must not leave done work unacknowledged.
-        await asyncio.shield(self.redis.xack(delivery.stream, self.group, delivery.entry_id))
-
-    async def _retry_later(
-        self,
-        delivery: Delivery,
-        frame: bytes,
-        retry_after_s: float | None,
-        error: BaseException,
-    ) -> None:
-        delay_s = self.policy.backoff_s(delivery.attempt, retry_after_s)
-        headers = {**delivery.headers, ATTEMPT_HEADER: str(delivery.attempt)}
-        new_frame = await BinaryMessageFormatV1.encode(
-            message=delivery.body,
-            reply_to=None,
-            headers=headers,
-            correlation_id=str(headers.get("correlation_id", delivery.entry_id)),
+    def span_for(self, delivery: Delivery) -> AbstractContextManager[trace.Span]:
+        """The consumer span of one delivery, a child of its publisher's span: one trace from
+        the request that caused the work. A batch handler opens one per entry it projects."""
+        return self._tracer.start_as_current_span(
+            f"{delivery.stream} process",
+            context=propagate.extract(delivery.headers),
+            kind=trace.SpanKind.CONSUMER,
+            links=links_from(delivery.headers),
+            attributes={
+                "messaging.system": "redis",
+                "messaging.destination.name": delivery.stream,
+                "messaging.message.id": delivery.entry_id,
+                "messaging.consumer.group.name": self.group,
+                "messaging.consumer.name": self.consumer,
+                "downlink.attempt": delivery.attempt,
+            },
         )
-        member = delivery.stream.encode() + b"\n" + new_frame
-        log.info(
-            "retrying %s entry %s in %.1fs (attempt %d of %d)",
-            delivery.stream,
-            delivery.entry_id,
-            delay_s,
-            delivery.attempt,
-            self.policy.max_tries,
-        )
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.zadd(DELAYED_KEY, {member: time.time() + delay_s})
-            pipe.xack(delivery.stream, self.group, delivery.entry_id)
-            await asyncio.shield(pipe.execute())
-        self.stats.retried += 1
-        metrics.RETRIES.labels(self.group, delivery.stream).inc()
-        if self.on_retry is not None:
-            try:
-                await self.on_retry(delivery, error, delay_s)
-            except Exception:
-                # The retry is scheduled already; a hook that fails only loses its report.
-                log.exception(
-                    "retry hook failed for %s entry %s", delivery.stream, delivery.entry_id
+
+    async def _run_handler(self, delivery: Delivery, frame: bytes, span: trace.Span) -> str:
+        """Run the handler and settle the entry; returns the outcome."""
+        try:
+            if not frame or not delivery.body:
+                raise PoisonMessage(
+                    f"entry {delivery.entry_id} of {delivery.stream} has no readable body"
                 )
+            await self.handler(delivery)
+        except JobCancelled:
+            await self._outcomes.ack(delivery)
+            return "cancelled"
+        except PermanentError as exc:
+            span.record_exception(exc)
+            span.set_status(trace.StatusCode.ERROR, str(exc))
+            await self._outcomes.dead_letter(delivery, exc)
+            return "dead"
+        except Exception as exc:
+            span.record_exception(exc)
+            span.set_status(trace.StatusCode.ERROR, str(exc))
+            if delivery.attempt >= self.policy.max_tries:
+                await self._outcomes.dead_letter(delivery, exc)
+                return "dead"
+            retry_after = exc.retry_after_s if isinstance(exc, TransientError) else None
+            await self._outcomes.retry_later(delivery, frame, retry_after, exc)
+            return "retried"
+        self.stats.processed += 1
+        await self._outcomes.ack(delivery)
+        return "completed"
 
-    async def _dead_letter(self, delivery: Delivery, error: BaseException) -> None:
-        log.warning(
-            "dead-lettering %s entry %s after %d tries: %s",
-            delivery.stream,
-            delivery.entry_id,
-            delivery.attempt,
-            error,
-        )
-        if self.on_dead is not None:
+    # --- batches ------------------------------------------------------------------------------
+
+    def _spawn_batch(self, entries: list[tuple[str, str, dict[bytes, bytes]]]) -> None:
+        task = asyncio.create_task(self._run_batch(entries), name=f"{self.group}:batch")
+        # Leases are renewed for every entry of the batch while it runs.
+        self._in_flight[task] = [(stream, entry_id) for stream, entry_id, _ in entries]
+        task.add_done_callback(self._in_flight.pop)
+
+    async def _run_batch(self, entries: list[tuple[str, str, dict[bytes, bytes]]]) -> None:
+        assert self.batch_handler is not None
+        deliveries = [
+            decode_delivery(stream, entry_id, fields.get(DATA_FIELD, b""), 1)
+            for stream, entry_id, fields in entries
+        ]
+        self.stats.in_flight += len(deliveries)
+        in_flight = metrics.IN_FLIGHT.labels(self.group)
+        in_flight.inc(len(deliveries))
+        began = time.monotonic()
+        try:
             try:
-                await self.on_dead(delivery, error)
-            except PermanentError as hook_error:
-                # A poison body cannot be described by its service; the dead letter still is.
-                log.warning("dead-letter hook refused %s: %s", delivery.entry_id, hook_error)
-        letter = DeadLetter(
-            stream=delivery.stream,
-            group=self.group,
-            entry_id=delivery.entry_id,
-            error=f"{type(error).__name__}: {error}",
-            attempts=delivery.attempt,
-            consumer=self.consumer,
-            failed_at=time.time(),
-            body=delivery.body.decode("utf-8", "replace"),
-            headers={str(k): str(v) for k, v in delivery.headers.items()},
-        )
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(DEAD_STREAM, {b"letter": msgspec.json.encode(letter)})
-            pipe.xack(delivery.stream, self.group, delivery.entry_id)
-            await asyncio.shield(pipe.execute())
-        self.stats.failed += 1
-        self.stats.dead += 1
-        metrics.DEAD_LETTERED.labels(self.group, delivery.stream).inc()
+                await self.batch_handler(deliveries)
+            except Exception:
+                log.warning(
+                    "batch of %d from %s failed; handling its entries one by one",
+                    len(deliveries),
+                    self.group,
+                    exc_info=True,
+                )
+                for stream, entry_id, fields in entries:
+                    await self._handle(stream, entry_id, fields, 1)
+                return
+            await self._outcomes.ack_all(deliveries)
+            self.stats.processed += len(deliveries)
+            elapsed = (time.monotonic() - began) / len(deliveries)
+            for _ in deliveries:
+                metrics.observe_task(self.group, "completed", elapsed)
+        finally:
+            self.stats.in_flight -= len(deliveries)
+            in_flight.dec(len(deliveries))
+            self._slots.release()
 
     # --- background loops ---------------------------------------------------------------------
 
     async def _renew_leases(self) -> None:
-        await self._reclaimer.renew(self._in_flight.values())
+        await self._reclaimer.renew(itertools.chain.from_iterable(self._in_flight.values()))
 
     async def _reclaim(self) -> None:
         streams = list(self.streams)
@@ -463,9 +399,6 @@ class StreamConsumer:
             streams.pop(0)
         return None
 
-    async def _move_due_retries(self) -> None:
-        await self.redis.eval(_MOVE_DUE, 1, DELAYED_KEY, time.time())
-
     async def _every(self, interval_s: float, step: Callable[[], Awaitable[None]]) -> None:
         while True:
             await asyncio.sleep(interval_s)
@@ -502,20 +435,6 @@ class StreamConsumer:
             await asyncio.wait_for(self._stopping.wait(), seconds)
 
 
-class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
-    """An entry that ran out of tries or failed permanently, as stored on `downlink:dead`."""
-
-    stream: str
-    group: str
-    entry_id: str
-    error: str
-    attempts: int
-    consumer: str
-    failed_at: float
-    body: str
-    headers: dict[str, str] = {}
-
-
 async def ensure_groups(redis: Redis, groups: dict[str, tuple[str, ...]]) -> None:
     """Create each group on each stream at id 0, so nothing published before is skipped."""
     for group, streams in groups.items():
@@ -543,10 +462,3 @@ def _flatten(response: Any) -> list[tuple[str, str, dict[bytes, bytes]]]:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-def _int_header(headers: dict[str, Any], name: str) -> int:
-    try:
-        return int(headers.get(name, 0))
-    except (TypeError, ValueError):
-        return 0

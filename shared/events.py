@@ -14,7 +14,16 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from shared.composites import CompositeKind
-from shared.ids import ArtifactId, CompositeId, EventId, ExportId, FileId, JobId, UserId
+from shared.ids import (
+    ArtifactId,
+    CompositeId,
+    EventId,
+    ExportId,
+    FileId,
+    JobId,
+    TaskId,
+    UserId,
+)
 from shared.statuses import JobStatus
 
 Sha256Hex = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{64}$")]
@@ -147,8 +156,6 @@ class BuildExport(Command, tag="export.build", frozen=True):
     jobs: tuple[dict[str, Any], ...] = ()
 
 
-WorkCommand = DownloadFile | ProcessFile | BuildComposite | BuildExport
-WORK_COMMAND_DECODER = msgspec.json.Decoder(WorkCommand)
 DOWNLOAD_DECODER = msgspec.json.Decoder(DownloadFile)
 PROCESS_DECODER = msgspec.json.Decoder(ProcessFile | BuildComposite)
 EXPORT_DECODER = msgspec.json.Decoder(BuildExport)
@@ -211,6 +218,10 @@ class FileDownloaded(Event, tag="file.downloaded", frozen=True):
         size: bytes stored.
         sha256: hex digest of the stored bytes.
         content_type: the server's Content-Type, when given.
+        started_at: when this try began, for a file that finished before its FileStarted was
+            due (fast files send no start or progress events); None when one was sent.
+        attempt: the try that stored it (1 for the first).
+        worker: consumer name of the downloader.
     """
 
     file_id: FileId
@@ -219,6 +230,9 @@ class FileDownloaded(Event, tag="file.downloaded", frozen=True):
     size: int
     sha256: Sha256Hex
     content_type: str | None = None
+    started_at: float | None = None
+    attempt: int = 1
+    worker: str = ""
 
 
 class FileFailed(Event, tag="file.failed", frozen=True):
@@ -378,6 +392,118 @@ class ExportFailed(ExportEvent, tag="export.failed", frozen=True):
     error: str
 
 
+# --- user-defined tasks (services/tasks) -------------------------------------------------------
+
+
+class RunTask(Command, tag="task.run", frozen=True):
+    """Run one user-defined task with its arguments, on its queue's lanes.
+
+    Attributes:
+        task_id: the task row this run fills.
+        user_id: the owner.
+        task: the registered name (`@task(name=...)`).
+        args: the arguments as JSON, checked against the task's schema at enqueue.
+        queue: the queue the task was declared on.
+        priority: 1-10, decides the lane.
+    """
+
+    task_id: TaskId
+    user_id: UserId
+    task: str
+    args: dict[str, Any] = {}
+    queue: str = "default"
+    priority: int = 5
+
+
+WorkCommand = DownloadFile | ProcessFile | BuildComposite | BuildExport | RunTask
+WORK_COMMAND_DECODER = msgspec.json.Decoder(WorkCommand)
+TASK_DECODER = msgspec.json.Decoder(RunTask)
+
+
+class TaskEvent(msgspec.Struct, tag_field="type", frozen=True, kw_only=True):
+    """Base of facts about a user-defined task (no job: a task stands alone).
+
+    Attributes:
+        event_id: unique per event; consumers deduplicate on it.
+        task_id: the task.
+        at: Unix time (seconds).
+    """
+
+    event_id: EventId
+    task_id: TaskId
+    at: float
+
+
+class TaskStarted(TaskEvent, tag="task.started", frozen=True):
+    """A worker began a try of the task.
+
+    Attributes:
+        attempt: 1 for the first try (a crashed worker's try counts too).
+        worker: consumer name of the worker.
+    """
+
+    attempt: int = 1
+    worker: str = ""
+
+
+class TaskProgress(TaskEvent, tag="task.progress", frozen=True):
+    """What the task reported through `ctx.progress` (throttled).
+
+    Attributes:
+        done: units done so far.
+        total: units in all, when the task knows.
+        message: a line for people.
+    """
+
+    done: float
+    total: float | None = None
+    message: str = ""
+
+
+class TaskSucceeded(TaskEvent, tag="task.succeeded", frozen=True):
+    """The task returned; `result` is its return value as JSON.
+
+    Attributes:
+        result: the return value (None for a task that returns nothing).
+        attempt: the try that succeeded.
+        worker: consumer name of the worker.
+    """
+
+    result: Any = None
+    attempt: int = 1
+    worker: str = ""
+
+
+class TaskRetrying(TaskEvent, tag="task.retrying", frozen=True):
+    """A try failed and another one is scheduled with the task's backoff.
+
+    Attributes:
+        attempt: the try that failed.
+        error: the exception and its traceback.
+        retry_in_s: seconds until the next try is due.
+        worker: consumer name of the worker.
+    """
+
+    attempt: int
+    error: str
+    retry_in_s: float = 0.0
+    worker: str = ""
+
+
+class TaskFailed(TaskEvent, tag="task.failed", frozen=True):
+    """The task is dead: a `Permanent` error, or its last try failed; it is dead-lettered.
+
+    Attributes:
+        error: the exception and its traceback.
+        attempts: tries made.
+        worker: consumer name of the worker.
+    """
+
+    error: str
+    attempts: int = 1
+    worker: str = ""
+
+
 PipelineEvent = (
     FileStarted
     | FileProgress
@@ -391,6 +517,11 @@ PipelineEvent = (
     | ExportProgress
     | ExportReady
     | ExportFailed
+    | TaskStarted
+    | TaskProgress
+    | TaskSucceeded
+    | TaskRetrying
+    | TaskFailed
 )
 EVENT_DECODER = msgspec.json.Decoder(PipelineEvent)
 ENCODER = msgspec.json.Encoder()

@@ -156,7 +156,11 @@ async def _opened(
         await broker.connect()
         stack.push_async_callback(broker.stop)
         context = WorkerContext(
-            settings, redis, BrokerPublisher(broker), tracer_provider, consumer_name()
+            settings,
+            redis,
+            BrokerPublisher(broker, redis, tracer_provider),
+            tracer_provider,
+            consumer_name(),
         )
         yield context, await stack.enter_async_context(spec.resources(context))
 

@@ -33,12 +33,24 @@ def process_stream(lane: Lane) -> str:
     return f"downlink:process:{lane.value}"
 
 
+def task_stream(queue: str, lane: Lane) -> str:
+    """A user-defined task queue's lane: each queue has its own three."""
+    return f"downlink:tasks:{queue}:{lane.value}"
+
+
+def task_lanes(queue: str) -> tuple[str, ...]:
+    """A task queue's lanes, highest first."""
+    return tuple(task_stream(queue, lane) for lane in Lane)
+
+
 # Highest first: a consumer with a free slot reads them in this order.
 DOWNLOAD_LANES: tuple[str, ...] = tuple(download_stream(lane) for lane in Lane)
 # CPU work has lanes of its own, so it never holds up downloads.
 PROCESS_LANES: tuple[str, ...] = tuple(process_stream(lane) for lane in Lane)
 EXPORT_STREAM = "downlink:exports"
 EVENTS_STREAM = "downlink:events"
+# The field of a stream entry holding its FastStream frame (body and headers).
+DATA_FIELD = b"__data__"
 DEAD_STREAM = "downlink:dead"
 DELAYED_KEY = "downlink:delayed"
 CANCEL_CHANNEL = "downlink:cancel"
@@ -48,6 +60,10 @@ DOWNLOADER_GROUP = "downloader"
 PROCESSOR_GROUP = "processor"
 EXPORTER_GROUP = "exporter"
 TRACKER_GROUP = "tracker"
+# Every task worker reads its queue's lanes in this group (the queues' streams differ).
+TASKS_GROUP = "tasks"
+TASK_CANCEL_CHANNEL = "downlink:tasks:cancel"
+TASK_TYPES_KEY_PREFIX = "downlink:task-types:"
 
 # Every group reads these streams; created up front so no entry published earlier is skipped.
 GROUPS: dict[str, tuple[str, ...]] = {
@@ -88,6 +104,17 @@ def export_cancelled_key(export_id: str) -> str:
 def export_done_key(export_id: str) -> str:
     """The ExportReady event of a built archive, so a redelivered build is not redone."""
     return f"downlink:export-done:{export_id}"
+
+
+def task_cancelled_key(task_id: str) -> str:
+    """Set while a task is cancelled, so a queued or reclaimed run of it is skipped."""
+    return f"downlink:task-cancelled:{task_id}"
+
+
+def task_types_key(consumer: str) -> str:
+    """Hash of task name -> definition (policy, schema) a live task worker registered; it
+    expires with the worker's heartbeat."""
+    return f"{TASK_TYPES_KEY_PREFIX}{consumer}"
 
 
 WORKERS_KEY_PREFIX = "downlink:workers:"

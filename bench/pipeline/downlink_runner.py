@@ -172,7 +172,7 @@ class Api:
             )
 
 
-def _clear_storage(root: Path) -> None:
+def clear_storage(root: Path) -> None:
     """Drop the last rep's files (one folder per user); the storage's own dot-folders stay."""
     for entry in root.iterdir():
         if entry.is_dir() and not entry.name.startswith("."):
@@ -209,7 +209,7 @@ def measure(run: Run) -> dict[str, Any]:
         api.check(jobs, warm)
         seconds, cpu, polls = [], [], []
         for _ in range(run.reps):
-            _clear_storage(run.out_dir)
+            clear_storage(run.out_dir)
             warm_page_cache(run.workload, run.www)
             os.sync()
             gets = api.status_gets

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 
 def free_port() -> int:
@@ -19,7 +20,7 @@ def free_port() -> int:
 
 
 def wait_for_port(
-    port: int, process: subprocess.Popen[bytes], what: str, timeout_s: float = 20
+    port: int, process: subprocess.Popen[Any], what: str, timeout_s: float = 20
 ) -> None:
     """Return once 127.0.0.1:port accepts; fail early if `process` died first."""
     deadline = time.monotonic() + timeout_s
@@ -36,7 +37,7 @@ def wait_for_port(
 
 
 def stop(
-    process: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM, grace_s: float = 20
+    process: subprocess.Popen[Any] | None, sig: int = signal.SIGTERM, grace_s: float = 20
 ) -> None:
     """Signal our own child (graceful), then SIGKILL its process group after the grace."""
     if process is None or process.poll() is not None:

@@ -75,3 +75,31 @@ def summary(results: list[dict[str, Any]]) -> dict[str, Any]:
         "ratios_meaning": "speed = Downlink files/s ÷ the other's (above 1: Downlink faster); "
         "cpu_per_file = Downlink CPU µs per file ÷ the other's (above 1: Downlink costlier)",
     }
+
+
+def _headline(result: dict[str, Any]) -> dict[str, Any]:
+    if "failed" in result:
+        return {"failed": result["failed"]}
+    if result["scenario"] == "pollers":
+        return {
+            key: {
+                "median": result[key]["median"],
+                "target": f"< {target}",
+                "met": result[key]["median"] < target,
+            }
+            for key, target in result["targets"].items()
+        } | {"gets_per_s": result["gets_per_s"]["median"]}
+    sides = [key for key, value in result.items() if isinstance(value, dict) and "files" in value]
+    ratio = result["ratio"]["median"]
+    return {
+        **{f"{side}_files_per_s": result[side]["files_per_s"]["median"] for side in sides},
+        "ratio": ratio,
+        "ratio_meaning": result["ratio_meaning"],
+        "target": f">= {result['target']}",
+        "met": ratio >= result["target"],
+    }
+
+
+def scenario_summary(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per Downlink-only scenario: its medians against the issue's targets."""
+    return {result["scenario"]: _headline(result) for result in results}

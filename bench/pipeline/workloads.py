@@ -92,3 +92,26 @@ def warm_page_cache(workload: Workload, www: Path) -> None:
         with path.open("rb") as handle:
             while handle.read(16 * MIB):
                 pass
+
+
+# Downlink-only scenarios (`--scenarios`), all on the 1 KiB files of `tiny`: the issue's targets
+# compare Downlink with itself (a bigger job, more jobs, busy pollers), not with the peers.
+SCENARIOS_FULL: dict[str, dict[str, int]] = {
+    "flat": {"small_job": 1_000, "large_job": 10_000},
+    "concurrent": {"jobs": 20, "files_per_job": 250, "single_job": 5_000},
+    "pollers": {"files": 10_000, "pollers": 50},
+}
+SCENARIOS_QUICK: dict[str, dict[str, int]] = {
+    "flat": {"small_job": 100, "large_job": 1_000},
+    "concurrent": {"jobs": 20, "files_per_job": 25, "single_job": 500},
+    "pollers": {"files": 1_000, "pollers": 50},
+}
+
+
+def scenario_counts(name: str, params: dict[str, int]) -> list[int]:
+    """The file count of each timed run in one rep of a scenario."""
+    if name == "flat":
+        return [params["small_job"], params["large_job"]]
+    if name == "concurrent":
+        return [params["jobs"] * params["files_per_job"], params["single_job"]]
+    return [params["files"], params["files"]]  # pollers: alone, then polled

@@ -57,13 +57,12 @@ class RedisNames:
     """One hash per job: filename -> file id."""
 
     def __init__(self, redis: Redis, ttl_s: int) -> None:
-        self._redis = redis
         self._ttl_s = ttl_s
+        # EVALSHA: the script's text crosses the wire once, not with every file.
+        self._claim = redis.register_script(_CLAIM_NAME)
 
     async def claim(self, job_id: JobId, name: str, file_id: FileId) -> Claim:
-        result = await self._redis.eval(
-            _CLAIM_NAME, 1, names_key(job_id), name, file_id, self._ttl_s
-        )
+        result = await self._claim(keys=[names_key(job_id)], args=[name, file_id, self._ttl_s])
         text = result.decode() if isinstance(result, bytes) else str(result)
         if text not in ("new", "ours", "taken"):
             raise RuntimeError(f"unexpected name claim answer {text!r}")

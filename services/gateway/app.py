@@ -40,6 +40,7 @@ from services.gateway.reconciler import Reconciler
 from services.gateway.responses import ErrorBody
 from services.gateway.span_names import RouteSpanNames, initial_span_details
 from services.gateway.system import SystemController
+from services.gateway.tasks.controller import TasksController, TaskTypesController
 from services.gateway.tracker import Tracker
 from shared.broker import create_broker
 from shared.consumer import ensure_groups
@@ -120,6 +121,8 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
             ExportsController,
             AdminController,
             OperationsController,
+            TasksController,
+            TaskTypesController,
         ],
         middleware=[DefineMiddleware(BearerTokenMiddleware)],
         dependencies={"current_user": Provide(provide_user, sync_to_thread=False)},
@@ -214,8 +217,8 @@ async def _open_resources(
         retention_s = settings.retention_s
         relay = OutboxRelay(
             pool,
-            broker,
             redis,
+            tracer_provider=tracer_provider,
             keep_processed_events_s=float(retention_s),
             live_ttl_s=retention_s,
         )

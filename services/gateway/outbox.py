@@ -24,17 +24,17 @@ import msgspec
 from opentelemetry import context, propagate
 from redis.exceptions import RedisError
 
+from shared.broker import Frames
 from shared.ids import FileId
 from shared.postgres import DATABASE_DOWN, rows_affected
-from shared.streams import live_key
+from shared.streams import DATA_FIELD, live_key
 
 if TYPE_CHECKING:
-    from faststream.redis import RedisBroker
+    from opentelemetry.trace import TracerProvider
     from redis.asyncio import Redis
 
 log = logging.getLogger(__name__)
 
-_CONTENT_TYPE = {"content-type": "application/json"}
 # Outages the relay waits out; anything else is a bug, logged with its traceback.
 _OUTAGES: tuple[type[BaseException], ...] = (*DATABASE_DOWN, RedisError, OSError)
 
@@ -231,9 +231,9 @@ class OutboxRelay:
     def __init__(
         self,
         pool: asyncpg.Pool,
-        broker: RedisBroker,
         redis: Redis,
         *,
+        tracer_provider: TracerProvider | None = None,
         batch_size: int = 500,
         poll_interval_s: float = 1.0,
         max_backoff_s: float = 30.0,
@@ -243,7 +243,7 @@ class OutboxRelay:
         live_ttl_s: int = 7 * 86_400,
     ) -> None:
         self._pool = pool
-        self._broker = broker
+        self._frames = Frames(tracer_provider)
         self._redis = redis
         self._batch_size = batch_size
         self._poll_interval_s = poll_interval_s
@@ -314,18 +314,16 @@ class OutboxRelay:
         # then takes both or neither, so a missing marker always means a missing command.
         async with self._redis.pipeline(transaction=True) as pipe:
             for row in rows:
-                # Publishing under the context of the request that wrote the row makes the
-                # publish span its child, and puts that span's traceparent in the frame.
+                # Framed under the context of the request that wrote the row: the publish span
+                # is that request's child, and the frame carries the publish span onward.
                 token = context.attach(propagate.extract(row.headers))
                 try:
-                    await self._broker.publish(
-                        row.body,  # bytes pass through FastStream unchanged
-                        stream=row.stream,
-                        headers={**row.headers, **_CONTENT_TYPE},
-                        pipeline=pipe,
+                    frame = await self._frames.frame(
+                        row.stream, row.body, correlation_id=str(row.id), headers=row.headers
                     )
                 finally:
                     context.detach(token)
+                pipe.xadd(row.stream, {DATA_FIELD: frame})
                 if row.command_key is not None:
                     pipe.set(live_key(row.command_key), b"1", ex=self._live_ttl_s)
             await pipe.execute()

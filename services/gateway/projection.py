@@ -1,37 +1,30 @@
 """The parts of one projection step, for the areas to fill in and the tracker to run.
 
 Each area (jobs, processing, exports) describes how an event type reaches PostgreSQL as a
-`Projector` in its own `PROJECTORS` table; the tracker assembles the tables and runs every
-event through one template: claim the event, lock its subject, apply, settle the job.
+`Projector` in its own `PROJECTORS` table; the tracker assembles the tables and runs every batch
+of events through one template: claim the events, lock their jobs, apply, settle the jobs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import asyncpg
 
     from shared.ids import JobId
-    from shared.statuses import JobStatus
 
 
-class Locked(NamedTuple):
-    """The row a projection locked before applying: the event's job, settled afterwards, or
-    (job None) another subject such as an export."""
-
-    job_id: JobId | None = None
-    job_status: JobStatus | None = None
-
-
-# (connection, event) -> True when a file or a piece of processing of the job reached its end,
-# so the job itself may end now (the template then settles it).
-Apply = Callable[["asyncpg.Connection", Any], Awaitable[bool]]
-# (connection, event) -> the subject locked for the rest of the transaction, or None when the
-# event names nothing on record (the event then changes nothing).
-Lock = Callable[["asyncpg.Connection", Any], Awaitable[Locked | None]]
+# (connection, events of one type, at most one per subject) -> the jobs in which a file or a
+# piece of processing reached its end, so the job itself may end now (the template settles it).
+Apply = Callable[["asyncpg.Connection", Sequence[Any]], Awaitable[Collection["JobId"]]]
+# (connection, event) -> True when a file or a piece of processing of the job reached its end.
+ApplyOne = Callable[["asyncpg.Connection", Any], Awaitable[bool]]
+# (connection, event) -> whether the event's subject is on record, locked for the rest of the
+# transaction (an event naming nothing on record changes nothing).
+Lock = Callable[["asyncpg.Connection", Any], Awaitable[bool]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,9 +32,11 @@ class Projector:
     """How the tracker applies one event type.
 
     Attributes:
-        apply: the forward-only UPDATEs of the event (replayed or late, it changes nothing).
-        lock: locks the event's subject first: locking the job serialises the events of one
-            job and takes the locks in cancellation's order (job, then files).
+        apply: the forward-only UPDATEs of a list of events (replayed or late, one changes
+            nothing), as few statements as the rule allows: `one_by_one` where it does not batch.
+        lock: locks an event's subject first; None (events of a job) when the template's lock of
+            the batch's jobs serves: locking the job serialises the events of one job and takes
+            the locks in cancellation's order (job, then files).
         claimed: whether the event's id is recorded in `processed_events`; False for progress,
             which is idempotent by itself and far too frequent to keep a row per event.
         writes_outbox: whether applying it may queue outgoing rows (a job's end, processing
@@ -49,15 +44,27 @@ class Projector:
     """
 
     apply: Apply
-    lock: Lock
+    lock: Lock | None = None
     claimed: bool = True
     writes_outbox: bool = False
 
 
-async def claim_event(connection: asyncpg.Connection, event_id: str) -> bool:
-    """Record `event_id` as processed; False when it already was (a replay)."""
-    inserted = await connection.fetchval(
-        "INSERT INTO processed_events (event_id) VALUES ($1) ON CONFLICT DO NOTHING RETURNING true",
-        event_id,
+def one_by_one(apply: ApplyOne) -> Apply:
+    """A rule that does not batch cheaply, applied to each event in turn."""
+
+    async def apply_each(connection: asyncpg.Connection, events: Sequence[Any]) -> set[JobId]:
+        return {event.job_id for event in events if await apply(connection, event)}
+
+    return apply_each
+
+
+async def claim_events(connection: asyncpg.Connection, event_ids: Sequence[str]) -> set[str]:
+    """Record `event_ids` as processed in one statement; the ids that were not yet (not replays)."""
+    if not event_ids:
+        return set()
+    rows = await connection.fetch(
+        "INSERT INTO processed_events (event_id) SELECT unnest($1::uuid[])"
+        " ON CONFLICT DO NOTHING RETURNING event_id",
+        list(event_ids),
     )
-    return bool(inserted)
+    return {str(row["event_id"]) for row in rows}

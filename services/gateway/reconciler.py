@@ -25,6 +25,7 @@ from services.gateway.jobs.commands import DOWNLOADS
 from services.gateway.jobs.lifecycle import TimedOutJob, time_out_job, timed_out_jobs
 from services.gateway.outbox import CommandKind, QueuedCommand, requeue
 from services.gateway.processing.commands import COMPOSITES, FILE_PROCESSING
+from services.gateway.tasks.commands import TASKS
 from shared.consumer import ensure_groups
 from shared.postgres import DATABASE_DOWN
 from shared.streams import DOWNLOAD_LANES, EVENTS_STREAM, GROUPS, live_key
@@ -50,7 +51,13 @@ _OUTAGES: tuple[type[BaseException], ...] = (*DATABASE_DOWN, RedisError, OSError
 # The streams groups consume; the dead-letter stream is capped by length instead.
 TRIMMED_STREAMS: tuple[str, ...] = (*DOWNLOAD_LANES, EVENTS_STREAM)
 # Every command whose unfinished work PostgreSQL knows, in the order a pass brings them back.
-COMMAND_KINDS: tuple[CommandKind, ...] = (DOWNLOADS, FILE_PROCESSING, COMPOSITES, EXPORTS)
+COMMAND_KINDS: tuple[CommandKind, ...] = (
+    DOWNLOADS,
+    FILE_PROCESSING,
+    COMPOSITES,
+    EXPORTS,
+    TASKS,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +129,8 @@ class Reconciler:
         """One pass, if no other gateway is running one."""
         async with self._pool.acquire() as lock_connection:
             # A session lock, held on this connection for the pass: it is released if this
-            # process dies, and the pool's reset on release drops it should the unlock fail.
+            # process dies, and by closing the session should the unlock fail (the pool keeps
+            # sessions as they are on release).
             if not await lock_connection.fetchval(
                 "SELECT pg_try_advisory_lock($1)", RECONCILE_LOCK
             ):
@@ -131,8 +139,10 @@ class Reconciler:
             try:
                 report = await self._pass()
             finally:
-                with contextlib.suppress(*DATABASE_DOWN, asyncpg.InterfaceError):
+                try:
                     await lock_connection.execute("SELECT pg_advisory_unlock($1)", RECONCILE_LOCK)
+                except (*DATABASE_DOWN, asyncpg.InterfaceError):
+                    lock_connection.terminate()
         written = report.republished_lost + report.republished_stale + report.timed_out_jobs
         if written and self._on_outbox_written is not None:
             self._on_outbox_written()
@@ -181,13 +191,13 @@ class Reconciler:
                 return republished
 
     async def _missing_live_keys(self, commands: Sequence[QueuedCommand]) -> list[QueuedCommand]:
-        # One round trip per batch. A Redis still loading its data answers with an error, not
-        # with "missing", so a restart never looks like a loss.
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for command in commands:
-                pipe.exists(live_key(command.key))
-            found = await pipe.execute()
-        return [command for command, exists in zip(commands, found, strict=True) if not exists]
+        # One MGET per batch (a tenth of the client CPU of as many EXISTS). A Redis still
+        # loading its data answers with an error, not with "missing", so a restart never looks
+        # like a loss.
+        if not commands:
+            return []
+        found = await self._redis.mget([live_key(command.key) for command in commands])
+        return [command for command, marker in zip(commands, found, strict=True) if marker is None]
 
     async def _republish_stale(self, kind: CommandKind) -> int:
         """Started work of `kind` without any event for `stale_after_s`."""

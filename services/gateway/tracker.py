@@ -1,45 +1,64 @@
 """The tracker: projects `downlink:events` into PostgreSQL and finishes jobs (the saga's end).
 
-Every event goes through one template: its history first, then in one transaction its id
-claimed in `processed_events` (a redelivered event changes nothing), its subject locked, its
-area's projector applied (UPDATEs that only move state forward, so an event arriving out of
-order changes nothing either), and the job's end rule, which settles the job once its last
-file and its processing ended and queues its JobFinished event in the outbox.
+It reads the stream a batch at a time and runs each batch through one template, in one
+transaction: the events' ids claimed in `processed_events` in one statement (a redelivered
+event changes nothing), their jobs locked in id order, then wave after wave their history and
+their areas' projectors applied, a statement per event type and wave (UPDATEs that only move
+state forward, so an event arriving out of order changes nothing either), and last the job's
+end rule, once per job, which settles a job whose last file and processing ended and queues its
+JobFinished event in the outbox. The entries are acknowledged after the commit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import msgspec
 
 from services.gateway.executions import history
 from services.gateway.exports.projection import PROJECTORS as EXPORT_PROJECTORS
-from services.gateway.jobs.lifecycle import settle_job
+from services.gateway.jobs.lifecycle import lock_jobs, settle_job
 from services.gateway.jobs.projection import PROJECTORS as FILE_PROJECTORS
 from services.gateway.processing.projection import PROJECTORS as PROCESSING_PROJECTORS
-from services.gateway.projection import Projector, claim_event
+from services.gateway.projection import Projector, claim_events
+from services.gateway.tasks.projection import PROJECTORS as TASK_PROJECTORS
 from shared.consumer import ConsumerPolicy, Delivery, StreamConsumer
 from shared.errors import PoisonMessage
-from shared.events import EVENT_DECODER
+from shared.events import (
+    EVENT_DECODER,
+    ExportFailed,
+    ExportProgress,
+    ExportReady,
+    FileDownloaded,
+    FileFailed,
+    FileProgress,
+    FileRetrying,
+    FileStarted,
+    TaskEvent,
+)
 from shared.postgres import DATABASE_DOWN
 from shared.streams import EVENTS_STREAM, TRACKER_GROUP, consumer_name
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
-    from opentelemetry.trace import TracerProvider
+    from opentelemetry.trace import Span, TracerProvider
     from redis.asyncio import Redis
 
     from shared.events import PipelineEvent
+    from shared.ids import JobId
     from shared.settings import Settings
+    from shared.statuses import JobStatus
 
 log = logging.getLogger(__name__)
 
-TRACKER_CONCURRENCY = 8
+# One batch in flight while the next is read; measured in the report of the batch change.
+TRACKER_CONCURRENCY = 2
+TRACKER_BATCH_SIZE = 256
 _MAX_DB_WAIT_S = 10.0
 
 # Every projected event type and its area's projector. JobFinished (the tracker's own output)
@@ -48,7 +67,12 @@ PROJECTORS: dict[type, Projector] = {
     **FILE_PROJECTORS,
     **PROCESSING_PROJECTORS,
     **EXPORT_PROJECTORS,
+    **TASK_PROJECTORS,
 }
+# The events that change one subject only: a file's download, an export. Any other event of a
+# job (processing, its end) may read or change all of the job.
+_FILE_EVENTS = (FileStarted, FileProgress, FileDownloaded, FileFailed, FileRetrying)
+_EXPORT_EVENTS = (ExportProgress, ExportReady, ExportFailed)
 
 
 async def project(connection: asyncpg.Connection, event: PipelineEvent) -> bool:
@@ -59,36 +83,122 @@ async def project(connection: asyncpg.Connection, event: PipelineEvent) -> bool:
     return await project_batch(connection, [event])
 
 
-async def project_batch(connection: asyncpg.Connection, events: Sequence[PipelineEvent]) -> bool:
-    """Apply `events` in order, their projections in one transaction; whether any may have
-    queued outbox rows."""
-    for event in events:
-        await history.record(connection, event)  # first: a job's log is whole before it ends
-    projected = [(PROJECTORS[type(e)], e) for e in events if type(e) in PROJECTORS]
-    if not projected:
-        return False
+async def project_batch(
+    connection: asyncpg.Connection,
+    events: Sequence[PipelineEvent],
+    *,
+    spans: Mapping[str, Span] | None = None,
+) -> bool:
+    """Record and apply `events` in one transaction, as if applied one by one in this order;
+    whether any may have queued outbox rows.
+
+    Args:
+        spans: the span of each event by id, for its history rows (else the current span).
+    """
     async with connection.transaction():
-        for projector, event in projected:
-            await _apply(connection, projector, event)
-    return any(projector.writes_outbox for projector, _ in projected)
+        fresh = await _claim(connection, events)
+        jobs = await lock_jobs(connection, {e.job_id for e in fresh if hasattr(e, "job_id")})
+        recorded: list[PipelineEvent] = []
+        ended: set[JobId] = set()
+        for wave in _waves(fresh):
+            # First its history: a job's log is whole before the job ends.
+            recorded += await history.record_wave(connection, wave, spans=spans)
+            ended.update(await _apply_wave(connection, wave, jobs))
+        for job_id in sorted(ended):
+            await settle_job(connection, job_id, jobs[job_id])
+    history.count(recorded)
+    return any(PROJECTORS[type(e)].writes_outbox for e in fresh if type(e) in PROJECTORS)
 
 
-async def _apply(
-    connection: asyncpg.Connection, projector: Projector, event: PipelineEvent
-) -> None:
-    """The template, inside the caller's transaction: claim, lock, apply, settle."""
-    if projector.claimed and not await claim_event(connection, event.event_id):
-        return
-    locked = await projector.lock(connection, event)
-    if locked is None:
-        return
-    ended = await projector.apply(connection, event)
-    if ended and locked.job_id is not None and locked.job_status is not None:
-        await settle_job(connection, locked.job_id, locked.job_status)
+async def _claim(
+    connection: asyncpg.Connection, events: Sequence[PipelineEvent]
+) -> list[PipelineEvent]:
+    """`events` without the replays: a claimed event counts once, at its first occurrence.
+
+    Unclaimed ones (progress) stay, repeats and all: applied again they change nothing but
+    what they changed the first time, as one by one.
+    """
+    claimed = list(dict.fromkeys(e.event_id for e in events if _claimed(e)))
+    new = await claim_events(connection, claimed)
+    fresh: list[PipelineEvent] = []
+    for event in events:
+        if not _claimed(event):
+            fresh.append(event)
+        elif event.event_id in new:
+            new.discard(event.event_id)
+            fresh.append(event)
+    return fresh
+
+
+def _claimed(event: PipelineEvent) -> bool:
+    projector = PROJECTORS.get(type(event))
+    return projector is not None and projector.claimed
+
+
+def _waves(events: Sequence[PipelineEvent]) -> list[list[PipelineEvent]]:
+    """Cut `events` into waves that give what applying them in order gives.
+
+    A wave holds at most one event per subject (file, export), in their order, and an event
+    that may touch all of its job is its job's only event in its wave. Events in one wave then
+    commute, and each rule runs once per wave for all its events.
+    """
+    waves: list[list[PipelineEvent]] = []
+    subject_next: dict[str, int] = {}  # the first wave a subject's next event may join
+    job_next: dict[str, int] = {}  # the first wave after the job's last whole-job event
+    job_last: dict[str, int] = {}  # the last wave holding an event of the job
+    for event in events:
+        job: str | None = getattr(event, "job_id", None)
+        subject = _subject(event)
+        floor = job_next.get(job, 0) if job is not None else 0
+        if subject is None and job is not None:
+            wave = max(floor, job_last.get(job, -1) + 1)
+            job_next[job] = wave + 1
+        else:
+            key = subject or event.event_id
+            wave = max(floor, subject_next.get(key, 0))
+            subject_next[key] = wave + 1
+        if job is not None:
+            job_last[job] = max(job_last.get(job, -1), wave)
+        if wave == len(waves):
+            waves.append([])
+        waves[wave].append(event)
+    return waves
+
+
+def _subject(event: PipelineEvent) -> str | None:
+    if isinstance(event, _FILE_EVENTS):
+        return f"file:{event.file_id}"
+    if isinstance(event, _EXPORT_EVENTS):
+        return f"export:{event.export_id}"
+    if isinstance(event, TaskEvent):
+        return f"task:{event.task_id}"
+    return None
+
+
+async def _apply_wave(
+    connection: asyncpg.Connection,
+    wave: Sequence[PipelineEvent],
+    jobs: Mapping[JobId, JobStatus],
+) -> set[JobId]:
+    """Each projector once for its events of the wave whose subject is on record (locked)."""
+    by_type: dict[type, list[Any]] = {}
+    for event in wave:
+        if type(event) in PROJECTORS:
+            by_type.setdefault(type(event), []).append(event)
+    ended: set[JobId] = set()
+    for kind, events in by_type.items():
+        projector = PROJECTORS[kind]
+        if projector.lock is None:
+            known = [e for e in events if e.job_id in jobs]
+        else:
+            known = [e for e in events if await projector.lock(connection, e)]
+        if known:
+            ended.update(await projector.apply(connection, known))
+    return ended
 
 
 class Tracker:
-    """Consumes `downlink:events` in the tracker group and projects every event."""
+    """Consumes `downlink:events` in the tracker group and projects it a batch at a time."""
 
     def __init__(
         self,
@@ -99,6 +209,7 @@ class Tracker:
         on_outbox_written: Callable[[], None] | None = None,
         tracer_provider: TracerProvider | None = None,
         concurrency: int = TRACKER_CONCURRENCY,
+        batch_size: int = TRACKER_BATCH_SIZE,
     ) -> None:
         self._pool = pool
         self._on_outbox_written = on_outbox_written
@@ -109,6 +220,8 @@ class Tracker:
             group=TRACKER_GROUP,
             consumer=consumer_name(),
             handler=self._handle,
+            batch_handler=self._handle_batch,
+            batch_size=batch_size,
             policy=ConsumerPolicy.from_settings(settings, concurrency=concurrency),
             tracer_provider=tracer_provider,
         )
@@ -133,28 +246,46 @@ class Tracker:
         self.consumer.stop()
 
     async def _handle(self, delivery: Delivery) -> None:
+        """One entry (a reclaimed one, or each of a batch that failed): a bad one is poison."""
         try:
             event = EVENT_DECODER.decode(delivery.body)
         except msgspec.DecodeError as exc:
             raise PoisonMessage(f"undecodable event {delivery.entry_id}: {exc}") from exc
-        wrote_outbox = await self._project_until_done(event)
-        if wrote_outbox and self._on_outbox_written:
-            # The job may have finished (its JobFinished row should leave now, not at the poll),
-            # or a download queued its processing.
-            self._on_outbox_written()
+        history.describe_span(event)
+        try:
+            await self._project_until_done([event])
+        except asyncpg.DataError as exc:
+            raise PoisonMessage(f"event {event.event_id} does not fit: {exc}") from exc
 
-    async def _project_until_done(self, event: PipelineEvent) -> bool:
-        # PostgreSQL is the record: while it is down, hold the entry (its lease is renewed)
-        # instead of burning retries towards the dead-letter stream. On shutdown the task is
-        # cancelled and the entry stays pending for the next start.
+    async def _handle_batch(self, deliveries: Sequence[Delivery]) -> None:
+        """A whole read in one transaction. Whatever fails it (an undecodable entry, an event
+        that does not fit) raises, and the consumer hands each entry to `_handle` instead."""
+        events = [EVENT_DECODER.decode(delivery.body) for delivery in deliveries]
+        with contextlib.ExitStack() as stack:
+            # Each event's own span, a child of its publisher's: one trace per request still.
+            spans: dict[str, Span] = {}
+            for delivery, event in zip(deliveries, events, strict=True):
+                spans[event.event_id] = stack.enter_context(self.consumer.span_for(delivery))
+                history.describe_span(event, spans[event.event_id])
+            await self._project_until_done(events, spans)
+
+    async def _project_until_done(
+        self, events: Sequence[PipelineEvent], spans: Mapping[str, Span] | None = None
+    ) -> None:
+        # PostgreSQL is the record: while it is down, hold the entries (their leases are
+        # renewed) instead of burning retries towards the dead-letter stream. On shutdown the
+        # task is cancelled and the entries stay pending for the next start.
         delay_s = 0.5
         while True:
             try:
                 async with self._pool.acquire() as connection:
-                    return await project(connection, event)
-            except asyncpg.DataError as exc:
-                raise PoisonMessage(f"event {event.event_id} does not fit: {exc}") from exc
+                    wrote_outbox = await project_batch(connection, events, spans=spans)
+                break
             except DATABASE_DOWN as exc:
                 log.warning("tracker: PostgreSQL unavailable (%s); retrying in %.1fs", exc, delay_s)
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, _MAX_DB_WAIT_S)
+        if wrote_outbox and self._on_outbox_written:
+            # A job may have finished (its JobFinished row should leave now, not at the poll),
+            # or a download queued its processing: once per batch.
+            self._on_outbox_written()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import itertools
 import random
@@ -84,6 +85,39 @@ async def test_events_come_started_progress_downloaded(
     assert any(p.rate_bps > 0 for p in progress)
     assert events[-1] == event
     assert len({e.event_id for e in events}) == len(events)
+    # Its start was on the wire, so the completion does not carry it again.
+    assert (event.started_at, event.attempt, event.worker) == (None, 2, "test-worker-1")
+
+
+async def test_a_file_done_within_the_progress_interval_sends_one_event_carrying_its_start(
+    downloader: Downloader, file_server: FileServer
+) -> None:
+    url, _sha = file_server.add_file("tiny.txt", data=b"x" * 1024)
+    # An interval no loaded machine overruns for 1 KiB over loopback.
+    interval_s = 0.5
+    limits = dataclasses.replace(downloader.deps.limits, progress_interval_s=interval_s)
+    deps = dataclasses.replace(downloader.deps, limits=limits)
+    before = time.time()
+
+    event = await download_file(command(url), deps, attempt=3)
+
+    assert downloader.publisher.events == [event]
+    assert event.started_at is not None
+    assert before <= event.started_at <= event.at
+    assert (event.attempt, event.worker) == (3, "test-worker-1")
+    await asyncio.sleep(interval_s + 0.1)  # past the interval: no late start either
+    assert downloader.publisher.events == [event]
+
+
+async def test_a_failed_try_announces_its_start_before_its_failure(
+    downloader: Downloader, file_server: FileServer
+) -> None:
+    with pytest.raises(PermanentError):
+        await download_file(
+            command(file_server.file_url("missing.bin")), downloader.deps, attempt=1
+        )
+
+    assert [type(e) for e in downloader.publisher.events] == [FileStarted]
 
 
 async def test_a_file_without_content_length_downloads(

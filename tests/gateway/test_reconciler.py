@@ -24,7 +24,6 @@ from services.gateway.processing.commands import COMPOSITES, FILE_PROCESSING
 from services.gateway.processing.queries import composite_key
 from services.gateway.reconciler import RECONCILE_LOCK, Reconciler
 from services.gateway.tracker import project
-from shared.broker import create_broker
 from shared.events import (
     DOWNLOAD_DECODER,
     ENCODER,
@@ -61,8 +60,6 @@ from tests.gateway.support import user_id as make_user
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from faststream.redis import RedisBroker
-
     from shared.events import ArtifactKind, PipelineEvent
     from shared.settings import Settings
 
@@ -77,16 +74,8 @@ async def redis(redis_url: str) -> AsyncIterator[Redis]:
 
 
 @pytest.fixture
-async def broker(redis_url: str) -> AsyncIterator[RedisBroker]:
-    connected = create_broker(redis_url)
-    await connected.connect()
-    yield connected
-    await connected.stop()
-
-
-@pytest.fixture
-def relay(pool: asyncpg.Pool, broker: RedisBroker, redis: Redis) -> OutboxRelay:
-    return OutboxRelay(pool, broker, redis)
+def relay(pool: asyncpg.Pool, redis: Redis) -> OutboxRelay:
+    return OutboxRelay(pool, redis)
 
 
 @pytest.fixture
@@ -413,7 +402,7 @@ async def test_one_lost_processing_command_is_published_again_alone(
 
     report = await reconciler.reconcile_once()
 
-    assert report.lost == {"download": 0, "process": 1, "composite": 0, "export": 0}
+    assert report.lost == {"download": 0, "process": 1, "composite": 0, "export": 0, "task": 0}
     (row,) = await _unsent(pool)
     command = PROCESS_DECODER.decode(row["body"])
     assert isinstance(command, ProcessFile)

@@ -11,7 +11,6 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from services.gateway.outbox import OutboxRelay, purge_sent
-from shared.broker import create_broker
 from shared.postgres import open_pool
 from shared.streams import EVENTS_STREAM, download_stream, lane_for, live_key
 from tests.gateway.support import stream_frames, submit_job, user_id
@@ -21,7 +20,6 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     import asyncpg
-    from faststream.redis import RedisBroker
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
@@ -33,14 +31,6 @@ async def redis(redis_url: str) -> AsyncIterator[Redis]:
     await client.aclose()
 
 
-@pytest.fixture
-async def broker(redis_url: str) -> AsyncIterator[RedisBroker]:
-    connected = create_broker(redis_url)
-    await connected.connect()
-    yield connected
-    await connected.stop()
-
-
 async def _add(pool: asyncpg.Pool, stream: str, body: bytes, headers: dict[str, str]) -> None:
     await pool.execute(
         "INSERT INTO outbox (stream, body, headers) VALUES ($1, $2, $3)", stream, body, headers
@@ -48,12 +38,12 @@ async def _add(pool: asyncpg.Pool, stream: str, body: bytes, headers: dict[str, 
 
 
 async def test_relay_publishes_unsent_rows_in_order_and_marks_them_sent(
-    pool: asyncpg.Pool, broker: RedisBroker, redis: Redis
+    pool: asyncpg.Pool, redis: Redis
 ) -> None:
     for n in range(5):
         await _add(pool, "s:a" if n % 2 else "s:b", b'{"n":%d}' % n, {"traceparent": TRACEPARENT})
     await pool.execute("UPDATE outbox SET sent_at = now() WHERE id = 1")  # already sent
-    relay = OutboxRelay(pool, broker, redis, batch_size=2)
+    relay = OutboxRelay(pool, redis, batch_size=2)
 
     counts = [await relay.relay_once() for _ in range(3)]
 
@@ -69,10 +59,8 @@ async def test_relay_publishes_unsent_rows_in_order_and_marks_them_sent(
     assert await pool.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL") == 0
 
 
-async def test_relay_wakes_at_once_and_stops_cleanly(
-    pool: asyncpg.Pool, broker: RedisBroker, redis: Redis
-) -> None:
-    relay = OutboxRelay(pool, broker, redis, poll_interval_s=30)
+async def test_relay_wakes_at_once_and_stops_cleanly(pool: asyncpg.Pool, redis: Redis) -> None:
+    relay = OutboxRelay(pool, redis, poll_interval_s=30)
     task = asyncio.create_task(relay.run())
     await asyncio.sleep(0.1)
 
@@ -89,12 +77,12 @@ async def test_relay_wakes_at_once_and_stops_cleanly(
 
 
 async def test_relay_survives_a_redis_outage_and_keeps_the_rows(
-    pool: asyncpg.Pool, broker: RedisBroker, caplog: pytest.LogCaptureFixture
+    pool: asyncpg.Pool, caplog: pytest.LogCaptureFixture
 ) -> None:
     await _add(pool, "s:x", b"{}", {})
     # No client-side retries: redis-py would otherwise spend seconds on each failed call.
     dead = Redis(host="127.0.0.1", port=free_port(), retry=Retry(NoBackoff(), 0))
-    relay = OutboxRelay(pool, broker, dead, poll_interval_s=0.05, max_backoff_s=0.1)
+    relay = OutboxRelay(pool, dead, poll_interval_s=0.05, max_backoff_s=0.1)
     task = asyncio.create_task(relay.run())
 
     await asyncio.sleep(0.5)
@@ -109,11 +97,11 @@ async def test_relay_survives_a_redis_outage_and_keeps_the_rows(
 
 
 async def test_relay_survives_a_postgres_outage(
-    broker: RedisBroker, redis: Redis, caplog: pytest.LogCaptureFixture
+    redis: Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
     nowhere = f"postgresql://postgres@127.0.0.1:{free_port()}/downlink"
     async with open_pool(nowhere, min_size=0) as dead_pool:
-        relay = OutboxRelay(dead_pool, broker, redis, poll_interval_s=0.05, max_backoff_s=0.1)
+        relay = OutboxRelay(dead_pool, redis, poll_interval_s=0.05, max_backoff_s=0.1)
         task = asyncio.create_task(relay.run())
         await asyncio.sleep(0.5)
         alive = not task.done()
@@ -124,9 +112,7 @@ async def test_relay_survives_a_postgres_outage(
     assert "ConnectionRefusedError" in caplog.text
 
 
-async def test_purge_forgets_old_sent_rows_only(
-    pool: asyncpg.Pool, broker: RedisBroker, redis: Redis
-) -> None:
+async def test_purge_forgets_old_sent_rows_only(pool: asyncpg.Pool, redis: Redis) -> None:
     for _ in range(3):
         await _add(pool, "s:p", b"{}", {})
     await pool.execute("UPDATE outbox SET sent_at = now() - interval '2 days' WHERE id = 1")
@@ -142,11 +128,11 @@ async def test_purge_forgets_old_sent_rows_only(
 
 
 async def test_a_download_command_and_its_live_marker_go_out_in_one_transaction(
-    pool: asyncpg.Pool, broker: RedisBroker, redis: Redis
+    pool: asyncpg.Pool, redis: Redis
 ) -> None:
     _job, files = await submit_job(pool, await user_id(pool, "alice"), files=2)
     await _add(pool, EVENTS_STREAM, b"{}", {})  # an event: no file, no marker
-    relay = OutboxRelay(pool, broker, redis, live_ttl_s=3600)
+    relay = OutboxRelay(pool, redis, live_ttl_s=3600)
     async with redis.monitor() as monitor:
         assert await relay.relay_once() == 3
         names: list[list[str]] = []

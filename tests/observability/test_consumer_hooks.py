@@ -44,11 +44,13 @@ async def redis(redis_url: str) -> AsyncIterator[Redis]:
 
 
 @pytest.fixture
-async def broker(redis_url: str, tracer_provider: TracerProvider) -> AsyncIterator[BrokerPublisher]:
+async def broker(
+    redis_url: str, redis: Redis, tracer_provider: TracerProvider
+) -> AsyncIterator[BrokerPublisher]:
     broker = create_broker(redis_url, tracer_provider)
     await broker.connect()
     try:
-        yield BrokerPublisher(broker)
+        yield BrokerPublisher(broker, redis, tracer_provider)
     finally:
         await broker.stop()
 

@@ -6,6 +6,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import pytest
 from opentelemetry import trace
 
@@ -398,3 +399,32 @@ async def test_a_user_lists_their_own_runs_and_an_admin_all(
     assert (await page(alice, task=Task.EXPORT)).total == 0
     second_page = await page(alice, per_page=2, page=2)
     assert (len(second_page.executions), second_page.total) == (1, 3)
+
+
+async def test_a_fast_file_is_recorded_whole_from_its_completion_alone(
+    pool: asyncpg.Pool, job: tuple[JobId, list[FileId]]
+) -> None:
+    # A file done within the progress interval sends no FileStarted: its start rides along.
+    job_id, (file_id, _) = job
+    done = msgspec.structs.replace(
+        downloaded(job_id, file_id), started_at=time.time() - 2.5, attempt=2, worker="dl-7"
+    )
+    await project_events(pool, done)
+    late_start = msgspec.structs.replace(
+        started(job_id, file_id, attempt=2), at=done.started_at, worker="dl-7"
+    )
+    await project_events(pool, late_start)  # sent after all, and late: the same try
+
+    [run] = await _runs(pool, file_id)
+    assert (run["status"], run["attempt"], run["worker"]) == ("completed", 2, "dl-7")
+    assert run["started_at"].timestamp() == pytest.approx(done.started_at)
+    assert run["duration_s"] == pytest.approx(2.5, abs=0.01)
+    file = await pool.fetchrow("SELECT started_at, attempts FROM files WHERE id = $1", file_id)
+    assert file["started_at"].timestamp() == pytest.approx(done.started_at)
+    assert file["attempts"] == 2
+
+
+async def project_events(pool: asyncpg.Pool, *events: PipelineEvent) -> None:
+    async with pool.acquire() as connection:
+        for event in events:
+            await project(connection, event)

@@ -72,11 +72,11 @@ async def redis(redis_url: str) -> AsyncIterator[Redis]:
 
 
 @pytest.fixture
-async def publisher(redis_url: str) -> AsyncIterator[BrokerPublisher]:
+async def publisher(redis_url: str, redis: Redis) -> AsyncIterator[BrokerPublisher]:
     broker = create_broker(redis_url)
     await broker.connect()
     try:
-        yield BrokerPublisher(broker)
+        yield BrokerPublisher(broker, redis)
     finally:
         await broker.stop()
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from services.gateway.projection import Locked, Projector
+from services.gateway.projection import Projector, one_by_one
 from shared.events import ExportFailed, ExportProgress, ExportReady
 
 if TYPE_CHECKING:
@@ -19,16 +19,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# An export event settles no job: the job of an automatic export ended before it was queued.
-_EXPORT_LOCKED = Locked()
 
-
-async def lock_export_of(connection: asyncpg.Connection, event: ExportEvent) -> Locked | None:
-    """The projection's lock for an export event: the export row; None when there is none."""
+async def lock_export_of(connection: asyncpg.Connection, event: ExportEvent) -> bool:
+    """The projection's lock for an export event: the export row; False when there is none."""
     found = await connection.fetchval(
         "SELECT true FROM exports WHERE id = $1 FOR UPDATE", event.export_id
     )
-    return _EXPORT_LOCKED if found else None
+    return bool(found)
 
 
 async def export_progress(connection: asyncpg.Connection, event: ExportProgress) -> bool:
@@ -71,8 +68,12 @@ async def export_failed(connection: asyncpg.Connection, event: ExportFailed) -> 
     return False
 
 
+# An export event settles no job (the job of an automatic export ended before it was queued),
+# and an export reports a few events in its life: one by one.
 PROJECTORS: dict[type, Projector] = {
-    ExportProgress: Projector(apply=export_progress, lock=lock_export_of, claimed=False),
-    ExportReady: Projector(apply=export_ready, lock=lock_export_of),
-    ExportFailed: Projector(apply=export_failed, lock=lock_export_of),
+    ExportProgress: Projector(
+        apply=one_by_one(export_progress), lock=lock_export_of, claimed=False
+    ),
+    ExportReady: Projector(apply=one_by_one(export_ready), lock=lock_export_of),
+    ExportFailed: Projector(apply=one_by_one(export_failed), lock=lock_export_of),
 }

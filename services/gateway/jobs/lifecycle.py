@@ -16,7 +16,6 @@ from services.gateway.exports.automatic import export_finished_job
 from services.gateway.jobs.records import FileCounts
 from services.gateway.outbox import add_to_outbox
 from services.gateway.processing.queueing import open_work
-from services.gateway.projection import Locked
 from shared.events import ENCODER, JobFinished
 from shared.ids import JobId, new_event_id
 from shared.postgres import rows_affected
@@ -25,9 +24,9 @@ from shared.streams import EVENTS_STREAM
 from shared.telemetry import trace_headers
 
 if TYPE_CHECKING:
-    import asyncpg
+    from collections.abc import Collection
 
-    from shared.events import Event
+    import asyncpg
 
 log = logging.getLogger(__name__)
 
@@ -38,17 +37,29 @@ async def lock_job(connection: asyncpg.Connection, job_id: JobId) -> JobStatus |
     return None if status is None else JobStatus(status)
 
 
-async def lock_job_of(connection: asyncpg.Connection, event: Event) -> Locked | None:
-    """The projection's lock for an event of a job: the job, to be settled after it."""
-    status = await lock_job(connection, event.job_id)
-    return None if status is None else Locked(job_id=event.job_id, job_status=status)
+async def lock_jobs(
+    connection: asyncpg.Connection, job_ids: Collection[str]
+) -> dict[JobId, JobStatus]:
+    """Lock the rows of `job_ids` in id order (two trackers locking overlapping sets cannot
+    deadlock) for the rest of the transaction; the status of each job on record."""
+    if not job_ids:
+        return {}
+    rows = await connection.fetch(
+        "SELECT id, status FROM jobs WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE",
+        list(job_ids),
+    )
+    return {JobId(str(row["id"])): JobStatus(row["status"]) for row in rows}
 
 
 async def mark_job_in_progress(connection: asyncpg.Connection, job_id: JobId) -> None:
+    await mark_jobs_in_progress(connection, [job_id])
+
+
+async def mark_jobs_in_progress(connection: asyncpg.Connection, job_ids: Collection[str]) -> None:
     await connection.execute(
         "UPDATE jobs SET status = 'in_progress', updated_at = now()"
-        " WHERE id = $1 AND status = 'pending'",
-        job_id,
+        " WHERE id = ANY($1::uuid[]) AND status = 'pending'",
+        list(job_ids),
     )
 
 

@@ -9,8 +9,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from services.gateway.jobs.lifecycle import lock_job_of
-from services.gateway.projection import Projector
+from services.gateway.projection import Projector, one_by_one
 from shared.composites import ARTIFACTS_OF_COMPOSITE
 from shared.events import ArtifactCreated, CompositeFinished, FileProcessed
 from shared.postgres import rows_affected
@@ -157,7 +156,8 @@ async def _complete_composite(
 
 
 PROJECTORS: dict[type, Projector] = {
-    ArtifactCreated: Projector(apply=artifact_created, lock=lock_job_of, writes_outbox=True),
-    FileProcessed: Projector(apply=file_processed, lock=lock_job_of, writes_outbox=True),
-    CompositeFinished: Projector(apply=composite_finished, lock=lock_job_of, writes_outbox=True),
+    # Rare next to downloads, and a file's processing ends across several events: one by one.
+    ArtifactCreated: Projector(apply=one_by_one(artifact_created), writes_outbox=True),
+    FileProcessed: Projector(apply=one_by_one(file_processed), writes_outbox=True),
+    CompositeFinished: Projector(apply=one_by_one(composite_finished), writes_outbox=True),
 }
