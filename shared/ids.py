@@ -1,4 +1,4 @@
-"""Typed identifiers of users, jobs, files, exports, composites, artifacts and events."""
+"""Typed identifiers of users, jobs, files, exports, composites, artifacts, tasks and events."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ EventId = NewType("EventId", str)
 ExportId = NewType("ExportId", str)
 CompositeId = NewType("CompositeId", str)
 ArtifactId = NewType("ArtifactId", str)
+TaskId = NewType("TaskId", str)
 
 
 def new_job_id() -> JobId:
@@ -24,3 +25,7 @@ def new_file_id() -> FileId:
 
 def new_event_id() -> EventId:
     return EventId(str(uuid.uuid4()))
+
+
+def new_task_id() -> TaskId:
+    return TaskId(str(uuid.uuid4()))

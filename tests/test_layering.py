@@ -31,6 +31,9 @@ PLAIN_MODULES = [
     ("exporter", "archive"),
     ("exporter", "manifest"),
     ("exporter", "stac"),
+    ("tasks", "handlers"),
+    ("tasks", "definitions"),
+    ("tasks", "context"),
 ]
 # What a process loads to run the work: the downloader's and exporter's handlers, and the
 # processor's tasks (all a spawned pool worker imports).
@@ -38,6 +41,9 @@ ENTRY_MODULES = [
     "services.downloader.handlers",
     "services.processor.tasks",
     "services.exporter.handlers",
+    "services.tasks.handlers",
+    # What user code imports to declare its tasks.
+    "downlink",
 ]
 
 
@@ -87,7 +93,7 @@ def test_importing_it_loads_no_framework_or_redis(module: str) -> None:
     assert run_python(code) == "[]"
 
 
-WORKER_SERVICES = ("downloader", "processor", "exporter")
+WORKER_SERVICES = ("downloader", "processor", "exporter", "tasks")
 # The skeleton every worker shares lives in shared.runner: an app.py reaching for these is
 # building its own copy again (Redis, broker, tracer, registry, trimming, leases, consumer).
 SKELETON = {
@@ -204,6 +210,12 @@ RECORD_SIDE = [
     "services.gateway.executions.queries",
     "services.gateway.executions.tries",
     "services.gateway.dead_letters.queries",
+    "services.gateway.tasks.catalogue",
+    "services.gateway.tasks.commands",
+    "services.gateway.tasks.errors",
+    "services.gateway.tasks.projection",
+    "services.gateway.tasks.queries",
+    "services.gateway.tasks.records",
 ]
 
 

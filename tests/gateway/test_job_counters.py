@@ -232,7 +232,7 @@ async def test_migration_backfills_the_counters_of_existing_jobs(empty_database_
             job_id,
         )
 
-        assert await migrate(empty_database_url) == ["0007_job_counters"]
+        assert (await migrate(empty_database_url))[0] == "0007_job_counters"
 
         counters = await _counters(connection, job_id)
         assert counters == await _recount(connection, job_id)

@@ -32,9 +32,15 @@ from shared.events import (
     JobFinished,
     PipelineEvent,
     ProcessFile,
+    RunTask,
+    TaskFailed,
+    TaskProgress,
+    TaskRetrying,
+    TaskStarted,
+    TaskSucceeded,
     WorkCommand,
 )
-from shared.ids import EventId, FileId, JobId, UserId
+from shared.ids import EventId, FileId, JobId, TaskId, UserId
 
 SHA = hashlib.sha256(b"scene").hexdigest()
 JOB = JobId("0b7c3d2e-0000-4000-8000-000000000001")
@@ -102,6 +108,11 @@ EVENTS: list[Event | ExportEvent] = [
         file_count=3,
     ),
     ExportFailed(event_id=EVENT, export_id="x-1", at=11.0, error="too large"),
+    TaskStarted(event_id=EVENT, task_id=TaskId("t-1"), at=12.0, attempt=2, worker="h-1"),
+    TaskProgress(event_id=EVENT, task_id=TaskId("t-1"), at=13.0, done=3, total=9, message="g3"),
+    TaskSucceeded(event_id=EVENT, task_id=TaskId("t-1"), at=14.0, result={"ok": [1, 2]}),
+    TaskRetrying(event_id=EVENT, task_id=TaskId("t-1"), at=15.0, attempt=1, error="E: x"),
+    TaskFailed(event_id=EVENT, task_id=TaskId("t-1"), at=16.0, error="Permanent: y", attempts=3),
 ]
 
 COMMANDS = [
@@ -148,6 +159,14 @@ COMMANDS = [
         ),
         jobs=({"job_id": JOB, "status": "completed"},),
     ),
+    RunTask(
+        task_id=TaskId("t-1"),
+        user_id=UserId("u-1"),
+        task="create_thumbnail",
+        args={"image_id": 7},
+        queue="cpu",
+        priority=8,
+    ),
 ]
 
 # Renaming a class must never change these: they are what stored messages carry.
@@ -168,6 +187,12 @@ TAGS = {
     ProcessFile: "process.file",
     BuildComposite: "process.composite",
     BuildExport: "export.build",
+    TaskStarted: "task.started",
+    TaskProgress: "task.progress",
+    TaskSucceeded: "task.succeeded",
+    TaskRetrying: "task.retrying",
+    TaskFailed: "task.failed",
+    RunTask: "task.run",
 }
 
 

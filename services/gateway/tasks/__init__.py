@@ -1,0 +1,1 @@
+"""User-defined tasks: enqueue, status, list, cancel, task types, projection, reconciler kind."""

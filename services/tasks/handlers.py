@@ -1,0 +1,242 @@
+"""Running one try of a user-defined task: a RunTask in, events out, a domain error to retry.
+
+Plain async functions over Protocol-typed ports; no framework or Redis imports here. The
+consumer's policy is per consumer, so the task's own one decides here: a failed try raises
+TaskRetry (a TransientError carrying the task's backoff) while tries remain, else TaskDead (a
+PermanentError), and the consumer dead-letters it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import traceback
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import msgspec
+from opentelemetry import trace
+
+from services.tasks.context import Context
+from services.tasks.definitions import DEFAULT_TIMEOUT_S
+from shared.errors import JobCancelled, PermanentError, TransientError
+from shared.events import TaskFailed, TaskRetrying, TaskStarted, TaskSucceeded
+from shared.ids import new_event_id
+
+if TYPE_CHECKING:
+    from services.tasks.definitions import TaskDefinition
+    from shared.broker import EventPublisher
+    from shared.events import RunTask
+
+log = logging.getLogger(__name__)
+
+# Between the soft timeout (TimeoutError raised inside the task) and the hard cancel, when
+# the task has no soft timeout of its own.
+HARD_GRACE_S = 5.0
+# A try cut short by its worker's death (SIGKILL, OOM) is run again even past max_tries, since
+# the task did not fail; but only this many times, or a task that kills its worker would loop.
+CRASHES_FORGIVEN = 2
+# A traceback is for people; a runaway recursion's must not bloat every event and row.
+MAX_ERROR_CHARS = 16_000
+
+
+class Cancellations(Protocol):
+    """Which tasks are cancelled, and the scope that aborts a running one on a cancel."""
+
+    async def is_cancelled(self, task_id: str) -> bool: ...
+
+    def knows_cancelled(self, task_id: str) -> bool: ...
+
+    def watch(self, task_id: str) -> contextlib.AbstractAsyncContextManager[None]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class TaskDeps:
+    """What the handler needs: the registered tasks, where events go, who is running."""
+
+    tasks: Mapping[str, TaskDefinition]
+    publisher: EventPublisher
+    cancellations: Cancellations
+    worker: str
+    default_timeout_s: float = DEFAULT_TIMEOUT_S
+    progress_interval_s: float = 1.0
+
+
+class TaskRetry(TransientError):
+    """A try failed and the task has tries left; `details` is the traceback."""
+
+    def __init__(self, message: str, *, details: str, retry_after_s: float) -> None:
+        super().__init__(message, retry_after_s=retry_after_s)
+        self.details = details
+
+
+class TaskDead(PermanentError):
+    """The task failed for good (a Permanent error, its last try); `details` is the traceback."""
+
+    def __init__(self, message: str, *, details: str) -> None:
+        super().__init__(message)
+        self.details = details
+
+
+class TaskTimedOut(Exception):
+    """A try ran past its timeout."""
+
+
+async def run_task(command: RunTask, deps: TaskDeps, *, attempt: int) -> None:
+    """Run one try of `command`'s task and report it; raises to have the consumer retry it,
+    dead-letter it (TaskDead) or drop it (JobCancelled)."""
+    definition = deps.tasks.get(command.task)
+    if definition is None:
+        raise TaskDead(
+            f"no task {command.task!r} in worker {deps.worker}",
+            details=f"registered here: {', '.join(sorted(deps.tasks)) or 'none'}",
+        )
+    if await deps.cancellations.is_cancelled(command.task_id):
+        raise JobCancelled(f"task {command.task_id} was cancelled")
+    if attempt > definition.policy.max_tries + CRASHES_FORGIVEN:
+        raise TaskDead(
+            f"delivered {attempt} times: its workers kept dying before it ended",
+            details=f"max_tries {definition.policy.max_tries}, crashes forgiven {CRASHES_FORGIVEN}",
+        )
+    span = trace.get_current_span()
+    span.set_attribute("downlink.task_id", command.task_id)
+    span.set_attribute("downlink.task", command.task)
+    await deps.publisher.publish(
+        TaskStarted(
+            event_id=new_event_id(),
+            task_id=command.task_id,
+            at=time.time(),
+            attempt=attempt,
+            worker=deps.worker,
+        )
+    )
+    context = Context(
+        task_id=command.task_id,
+        task=command.task,
+        attempt=attempt,
+        report=deps.publisher.publish,
+        is_cancelled=lambda: deps.cancellations.knows_cancelled(command.task_id),
+        progress_interval_s=deps.progress_interval_s,
+    )
+    with _outcome(definition, attempt):
+        async with deps.cancellations.watch(command.task_id):
+            result = await _call(definition, command.args, context, deps.default_timeout_s)
+        await context.flush()
+    await deps.publisher.publish(
+        TaskSucceeded(
+            event_id=new_event_id(),
+            task_id=command.task_id,
+            at=time.time(),
+            result=result,
+            attempt=attempt,
+            worker=deps.worker,
+        )
+    )
+
+
+@contextlib.contextmanager
+def _outcome(definition: TaskDefinition, attempt: int) -> Iterator[None]:
+    """Turn what the task raised into the consumer's vocabulary, by the task's own policy."""
+    try:
+        yield
+    except (JobCancelled, TaskDead):
+        raise
+    except (PermanentError, msgspec.ValidationError) as exc:
+        raise TaskDead(_summary(exc), details=_details(exc)) from exc
+    except Exception as exc:
+        if attempt >= definition.policy.max_tries:
+            raise TaskDead(_summary(exc), details=_details(exc)) from exc
+        delay_s = definition.policy.delay_s(attempt)
+        raise TaskRetry(_summary(exc), details=_details(exc), retry_after_s=delay_s) from exc
+
+
+async def _call(
+    definition: TaskDefinition, args: dict[str, Any], context: Context, default_timeout_s: float
+) -> Any:
+    """The task's return value as JSON builtins; its errors as they are."""
+    arguments = msgspec.convert(args, definition.arguments)
+    kwargs = {name: getattr(arguments, name) for name in arguments.__struct_fields__}
+    if definition.context_parameter is not None:
+        kwargs[definition.context_parameter] = context
+    policy = definition.policy
+    hard_s = policy.timeout_s or default_timeout_s
+    soft_s = policy.soft_timeout_s or hard_s
+    if soft_s >= hard_s and policy.soft_timeout_s is None:
+        hard_s = soft_s + HARD_GRACE_S
+    if definition.is_async:
+        run = definition.function(**kwargs)
+    else:
+        # A thread cannot be cancelled: past its timeout the try fails, the thread runs on.
+        run = asyncio.to_thread(definition.function, **kwargs)
+    result = await _within(run, soft_s=soft_s, hard_s=hard_s)
+    try:
+        return msgspec.to_builtins(result)
+    except TypeError as exc:
+        raise TypeError(f"the task's result is not JSON-serialisable: {exc}") from None
+
+
+async def _within(run: Any, *, soft_s: float, hard_s: float) -> Any:
+    """Await `run`: TimeoutError is raised inside it at `soft_s`; at `hard_s` it is cancelled."""
+
+    async def soft() -> Any:
+        async with asyncio.timeout(soft_s):
+            return await run
+
+    attempt = asyncio.ensure_future(soft())
+    try:
+        done, _ = await asyncio.wait({attempt}, timeout=hard_s)
+    except asyncio.CancelledError:
+        attempt.cancel()
+        raise
+    if not done:
+        # The task swallowed its soft timeout or is still cleaning up: cut it short.
+        attempt.cancel()
+        await asyncio.wait({attempt}, timeout=1.0)
+        raise TaskTimedOut(f"hard timeout: still running after {hard_s:g} s")
+    try:
+        return attempt.result()
+    except TimeoutError:
+        raise TaskTimedOut(f"timed out after {soft_s:g} s") from None
+
+
+def failure_event(command: RunTask, error: BaseException, attempts: int, worker: str) -> TaskFailed:
+    """The TaskFailed of a dead-lettered run."""
+    return TaskFailed(
+        event_id=new_event_id(),
+        task_id=command.task_id,
+        at=time.time(),
+        error=_with_details(error),
+        attempts=attempts,
+        worker=worker,
+    )
+
+
+def retrying_event(
+    command: RunTask, error: BaseException, attempt: int, delay_s: float, worker: str
+) -> TaskRetrying:
+    """The TaskRetrying of a try scheduled again."""
+    return TaskRetrying(
+        event_id=new_event_id(),
+        task_id=command.task_id,
+        at=time.time(),
+        attempt=attempt,
+        error=_with_details(error),
+        retry_in_s=delay_s,
+        worker=worker,
+    )
+
+
+def _summary(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+def _details(error: BaseException) -> str:
+    return "".join(traceback.format_exception(error))[-MAX_ERROR_CHARS:]
+
+
+def _with_details(error: BaseException) -> str:
+    details = getattr(error, "details", None)
+    return f"{error}\n\n{details}" if details else _summary(error)

@@ -1,0 +1,51 @@
+"""What one task worker process opens for its handler: the registered tasks, its cancel watcher."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from services.tasks.cancellations import TaskCancellations
+from services.tasks.handlers import TaskDeps
+from services.tasks.registry import keep_registered
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from services.tasks.definitions import TaskDefinition
+    from shared.runner import WorkerContext
+
+
+@dataclass(frozen=True, slots=True)
+class TaskWorker:
+    """The handler's dependencies, and what runs beside them (cancel watcher, registration)."""
+
+    deps: TaskDeps
+    cancellations: TaskCancellations
+    redis: Redis
+
+    async def keep_registered(self) -> None:
+        await keep_registered(self.redis, self.deps.worker, self.deps.tasks)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskResources:
+    """The worker's resources factory, for the tasks it was started with."""
+
+    tasks: Mapping[str, TaskDefinition]
+    default_timeout_s: float
+
+    @contextlib.asynccontextmanager
+    async def __call__(self, context: WorkerContext) -> AsyncIterator[TaskWorker]:
+        cancellations = TaskCancellations(context.redis)
+        deps = TaskDeps(
+            tasks=self.tasks,
+            publisher=context.publisher,
+            cancellations=cancellations,
+            worker=context.worker,
+            default_timeout_s=self.default_timeout_s,
+            progress_interval_s=context.settings.progress_interval_s,
+        )
+        yield TaskWorker(deps, cancellations, context.redis)
