@@ -83,7 +83,7 @@ class BrokerPublisher:
         self._broker = broker
         self._redis = redis
         self._frames = Frames(tracer_provider)
-        self._events: RoundTrips[bytes] = RoundTrips(self._add_events)
+        self._events: RoundTrips[bytes, None] = RoundTrips(self._add_events)
 
     async def publish(self, event: Event | ExportEvent | TaskEvent) -> None:
         frame = await self._frames.frame(
@@ -94,8 +94,9 @@ class BrokerPublisher:
     async def send(self, command: Command, stream: str) -> None:
         await self._broker.publish(command, stream=stream)
 
-    async def _add_events(self, frames: list[bytes]) -> None:
+    async def _add_events(self, frames: list[bytes]) -> list[None]:
         async with self._redis.pipeline(transaction=False) as pipe:
             for frame in frames:
                 pipe.xadd(EVENTS_STREAM, {DATA_FIELD: frame})
             await pipe.execute()
+        return [None] * len(frames)

@@ -61,7 +61,7 @@ class Outcomes:
     on_retry: RetryHook | None = None
 
     def __post_init__(self) -> None:
-        self._acks: RoundTrips[tuple[str, str]] = RoundTrips(self._send_acks)
+        self._acks: RoundTrips[tuple[str, str], None] = RoundTrips(self._send_acks)
 
     async def ack(self, delivery: Delivery) -> None:
         # Shielded: a shutdown arriving now must not leave done work unacknowledged.
@@ -70,7 +70,7 @@ class Outcomes:
     async def ack_all(self, deliveries: Sequence[Delivery]) -> None:
         await asyncio.shield(self._send_acks([(d.stream, d.entry_id) for d in deliveries]))
 
-    async def _send_acks(self, entries: list[tuple[str, str]]) -> None:
+    async def _send_acks(self, entries: list[tuple[str, str]]) -> list[None]:
         """One XACK per stream for all of `entries`, in one round trip."""
         by_stream: dict[str, list[str]] = {}
         for stream, entry_id in entries:
@@ -79,6 +79,7 @@ class Outcomes:
             for stream, ids in by_stream.items():
                 pipe.xack(stream, self.group, *ids)
             await pipe.execute()
+        return [None] * len(entries)
 
     async def retry_later(
         self,

@@ -15,47 +15,42 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
 Item = TypeVar("Item")
+Result = TypeVar("Result")
 
 
-class RoundTrips(Generic[Item]):
+class RoundTrips(Generic[Item, Result]):
     """Sends items in batches: those arriving while one batch is out go in the next.
 
     An idle sender sends at once (no timer, no added latency); under load a batch holds
-    whatever queued during the previous round trip.
+    whatever queued during the previous round trip. `send` answers one result per item.
     """
 
-    def __init__(self, send: Callable[[list[Item]], Awaitable[None]]) -> None:
+    def __init__(self, send: Callable[[list[Item]], Awaitable[Sequence[Result]]]) -> None:
         self._send = send
-        self._queued: list[tuple[Item, asyncio.Future[None]]] = []
+        self._queued: list[tuple[Item, asyncio.Future[Result]]] = []
         self._sender: asyncio.Task[None] | None = None
 
-    async def submit(self, item: Item) -> None:
-        """Queue `item` and wait until the batch holding it was sent (or failed)."""
-        sent = asyncio.get_running_loop().create_future()
+    async def submit(self, item: Item) -> Result:
+        """Queue `item`; its result once the batch holding it was sent (or its error)."""
+        sent: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._queued.append((item, sent))
         if self._sender is None:
             self._sender = asyncio.create_task(self._send_queued())
-        await sent
+        return await sent
 
     async def _send_queued(self) -> None:
         try:
             while self._queued:
                 batch, self._queued = self._queued, []
                 try:
-                    await self._send([item for item, _ in batch])
+                    results = await self._send([item for item, _ in batch])
                 except Exception as exc:
-                    _settle(batch, exc)
-                else:
-                    _settle(batch, None)
+                    for _, sent in batch:
+                        if not sent.done():  # its caller was cancelled meanwhile
+                            sent.set_exception(exc)
+                    continue
+                for (_, sent), result in zip(batch, results, strict=True):
+                    if not sent.done():
+                        sent.set_result(result)
         finally:
             self._sender = None
-
-
-def _settle(batch: Sequence[tuple[object, asyncio.Future[None]]], error: Exception | None) -> None:
-    for _, sent in batch:
-        if sent.done():  # its caller was cancelled meanwhile
-            continue
-        if error is None:
-            sent.set_result(None)
-        else:
-            sent.set_exception(error)

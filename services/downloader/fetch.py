@@ -28,6 +28,9 @@ ProgressCallback = Callable[[int, int | None, float], Awaitable[None]]
 _RETRYABLE = {408, 425, 429, 500, 502, 503, 504}
 _REDIRECTS = {301, 302, 303, 307, 308}
 _SCHEMES = {"http", "https"}
+# The record a resume checks the server's copy against costs a file write and a rename. A body
+# this small is fetched whole again after a crash instead: it cannot save what it costs.
+_WHOLE_AGAIN_BYTES = 256 * 1024
 tracer = trace.get_tracer("downlink.downloader")
 
 
@@ -216,7 +219,8 @@ class _Fetcher:
             raise TooLarge(f"{url} is {total} bytes, over the limit of {limits.max_size_bytes}")
         if not resume_from:
             await part.truncate()
-        await part.save_meta({"url": url, "validator": _validator(response) or ""})
+        if total is None or total > _WHOLE_AGAIN_BYTES:
+            await part.save_meta({"url": url, "validator": _validator(response) or ""})
         meter = RateMeter()
         writer = BlockWriter(partial(_absorb, part, digest))
         received = resume_from

@@ -14,6 +14,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from shared.errors import JobCancelled
 from shared.events import FileDownloaded
+from shared.pipelining import RoundTrips
 from shared.streams import CANCEL_CHANNEL, cancelled_key, done_key, names_key
 
 if TYPE_CHECKING:
@@ -44,13 +45,27 @@ class RedisCompletions:
         self._redis = redis
         self._ttl_s = ttl_s
         self._decoder = msgspec.json.Decoder(FileDownloaded)
+        # Concurrent downloads' lookups share one MGET, their records one pipeline.
+        self._lookups: RoundTrips[str, bytes | None] = RoundTrips(self._get_all)
+        self._records: RoundTrips[tuple[str, bytes], None] = RoundTrips(self._set_all)
 
     async def get(self, file_id: FileId) -> FileDownloaded | None:
-        raw = await self._redis.get(done_key(file_id))
+        raw = await self._lookups.submit(done_key(file_id))
         return self._decoder.decode(raw) if raw else None
 
     async def put(self, event: FileDownloaded) -> None:
-        await self._redis.set(done_key(event.file_id), msgspec.json.encode(event), ex=self._ttl_s)
+        await self._records.submit((done_key(event.file_id), msgspec.json.encode(event)))
+
+    async def _get_all(self, keys: list[str]) -> list[bytes | None]:
+        found = await self._redis.mget(keys)
+        return [value.encode() if isinstance(value, str) else value for value in found]
+
+    async def _set_all(self, records: list[tuple[str, bytes]]) -> list[None]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key, value in records:
+                pipe.set(key, value, ex=self._ttl_s)
+            await pipe.execute()
+        return [None] * len(records)
 
 
 class RedisNames:

@@ -337,6 +337,20 @@ async def test_a_cut_download_resumes_where_it_stopped(
     assert offsets[0] > 0
 
 
+async def test_a_small_cut_file_is_fetched_whole_again_not_resumed(
+    downloader: Downloader, file_server: FileServer
+) -> None:
+    file_server.add_file("small.bin", size=100_000)
+    cmd = command(file_server.file_url("small.bin", abort_after=40_000))
+    for attempt in (1, 2):
+        with pytest.raises(TransientError):
+            await download_file(cmd, downloader.deps, attempt=attempt)
+
+    first, second = file_server.requests_for("/files/small.bin")
+    # Below 256 KiB no resume record is kept: the next try asks for the whole file again.
+    assert (first.range, second.range) == (None, None)
+
+
 async def test_a_changed_file_is_downloaded_again_not_spliced(
     downloader: Downloader, file_server: FileServer
 ) -> None:
