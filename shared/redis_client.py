@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator
 
 from redis.asyncio import Redis
 
+_SCAN_COUNT = 200
+
 
 @contextlib.asynccontextmanager
 async def open_redis(redis_url: str) -> AsyncIterator[Redis]:
@@ -17,3 +19,16 @@ async def open_redis(redis_url: str) -> AsyncIterator[Redis]:
         yield client
     finally:
         await client.aclose()
+
+
+async def hashes_under(redis: Redis, prefix: str) -> list[dict[bytes, bytes]]:
+    """Every hash whose key starts with `prefix` (the worker and task-type registries), read in
+    one pipeline after the scan; a key that expired in between reads as an empty hash."""
+    keys = [key async for key in redis.scan_iter(match=f"{prefix}*", count=_SCAN_COUNT)]
+    if not keys:
+        return []
+    async with redis.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.hgetall(key)
+        hashes: list[dict[bytes, bytes]] = await pipe.execute()
+    return hashes

@@ -21,6 +21,7 @@ import msgspec
 from redis.exceptions import RedisError
 
 from shared.metrics import queue_refresher, serve_metrics
+from shared.redis_client import hashes_under
 from shared.streams import WORKERS_KEY_PREFIX, worker_key
 
 if TYPE_CHECKING:
@@ -32,7 +33,6 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 10.0
 EXPIRY_S = 30.0
-_SCAN_COUNT = 200
 
 
 class WorkerInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -139,13 +139,7 @@ async def worker_telemetry(
 
 async def list_workers(redis: Redis) -> list[WorkerInfo]:
     """Every registered worker whose heartbeat has not expired, by service and consumer."""
-    keys = [key async for key in redis.scan_iter(match=f"{WORKERS_KEY_PREFIX}*", count=_SCAN_COUNT)]
-    if not keys:
-        return []
-    async with redis.pipeline(transaction=False) as pipe:
-        for key in keys:
-            pipe.hgetall(key)
-        hashes = await pipe.execute()
+    hashes = await hashes_under(redis, WORKERS_KEY_PREFIX)
     workers = [worker for raw in hashes if raw and (worker := _parse(raw)) is not None]
     return sorted(workers, key=lambda w: (w.service, w.consumer))
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 from litestar.openapi import ResponseSpec
-from litestar.params import QueryParameter
+from litestar.params import HeaderParameter, QueryParameter
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -20,6 +20,17 @@ if TYPE_CHECKING:
 MAX_PAGE = 1_000_000
 PageNumber = Annotated[int, QueryParameter(ge=1, le=MAX_PAGE)]
 PerPage = Annotated[int, QueryParameter(ge=1, le=100)]
+IdempotencyKey = Annotated[
+    str | None,
+    HeaderParameter(
+        name="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        # Stored in a text column: NUL is refused there, control characters are noise.
+        pattern=r"^[^\x00-\x1f\x7f]+$",
+        description="same key, same user: what the first request made is returned",
+    ),
+]
 
 _MEANINGS = {
     400: "a parameter, header or body field is malformed; `detail` names it, nothing is written",

@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 
 from services.tasks.definitions import TaskDefinition, TaskPolicy
 from shared.errors import ConfigError
+from shared.redis_client import hashes_under
 from shared.streams import TASK_TYPES_KEY_PREFIX, task_types_key
 from shared.workers import EXPIRY_S, HEARTBEAT_S
 
@@ -124,13 +125,7 @@ async def keep_registered(
 
 async def list_registered(redis: Redis) -> list[RegisteredTask]:
     """Every task a live worker registered, one entry per worker, by name then worker."""
-    keys = [key async for key in redis.scan_iter(match=f"{TASK_TYPES_KEY_PREFIX}*", count=200)]
-    if not keys:
-        return []
-    async with redis.pipeline(transaction=False) as pipe:
-        for key in keys:
-            pipe.hgetall(key)
-        hashes = await pipe.execute()
+    hashes = await hashes_under(redis, TASK_TYPES_KEY_PREFIX)
     decoder = msgspec.json.Decoder(RegisteredTask)
     found: list[RegisteredTask] = []
     for raw in hashes:

@@ -49,7 +49,7 @@ from services.gateway.jobs.schemas import (
     submit_response,
 )
 from services.gateway.outbox import OutboxRelay
-from services.gateway.responses import PARTIAL, PageNumber, PerPage, errors
+from services.gateway.responses import PARTIAL, IdempotencyKey, PageNumber, PerPage, errors
 from shared.ids import FileId, JobId
 from shared.settings import Settings
 from shared.statuses import JobStatus
@@ -83,17 +83,7 @@ class DownloadsController(Controller):
         current_user: NamedDependency[User],
         repository: NamedDependency[JobRepository],
         relay: NamedDependency[OutboxRelay],
-        idempotency_key: Annotated[
-            str | None,
-            HeaderParameter(
-                name="Idempotency-Key",
-                min_length=1,
-                max_length=255,
-                # Stored in a text column: NUL is refused there, control characters are noise.
-                pattern=r"^[^\x00-\x1f\x7f]+$",
-                description="same key, same user: the job of the first request is returned",
-            ),
-        ] = None,
+        idempotency_key: IdempotencyKey = None,
     ) -> SubmitResponse:
         """Accept a download job: 1-10000 URLs, each downloaded into the caller's storage area."""
         job = NewJob(

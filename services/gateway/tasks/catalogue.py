@@ -7,6 +7,7 @@ from the function's signature, so a bad argument answers 422 at enqueue, not an 
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +16,7 @@ import msgspec
 
 from services.gateway.tasks.errors import ArgumentsTooLarge, InvalidArguments, UnknownTaskType
 from services.gateway.tasks.records import TaskType
+from shared.redis_client import hashes_under
 from shared.streams import TASK_TYPES_KEY_PREFIX
 
 if TYPE_CHECKING:
@@ -32,13 +34,7 @@ async def task_types(redis: Redis) -> list[TaskType]:
     Workers that registered one name with different policies or signatures are all listed
     (and a warning logged): which of them runs a task is up to the queue.
     """
-    keys = [key async for key in redis.scan_iter(match=f"{TASK_TYPES_KEY_PREFIX}*", count=200)]
-    if not keys:
-        return []
-    async with redis.pipeline(transaction=False) as pipe:
-        for key in keys:
-            pipe.hgetall(key)
-        hashes = await pipe.execute()
+    hashes = await hashes_under(redis, TASK_TYPES_KEY_PREFIX)
     distinct: dict[bytes, TaskType] = {}
     for raw in hashes:
         for value in (raw or {}).values():
@@ -70,7 +66,7 @@ def check_arguments(task: TaskType, args: dict[str, Any]) -> None:
     size = len(msgspec.json.encode(args))
     if size > MAX_ARGS_BYTES:
         raise ArgumentsTooLarge(f"args: {size} bytes as JSON; at most {MAX_ARGS_BYTES}")
-    validator = jsonschema.Draft202012Validator(task.args_schema)
+    validator = _validator(msgspec.json.encode(task.args_schema))
     error = jsonschema.exceptions.best_match(validator.iter_errors(args))
     if error is None:
         return
@@ -84,3 +80,9 @@ def check_arguments(task: TaskType, args: dict[str, Any]) -> None:
         unexpected = sorted(str(name) for name in error.instance if name not in known)
         raise InvalidArguments(f"{where}.{unexpected[0]}: unexpected argument")
     raise InvalidArguments(f"{where}: {error.message}")
+
+
+@functools.lru_cache(maxsize=256)
+def _validator(schema: bytes) -> jsonschema.Draft202012Validator:
+    # Built once per registered signature, not on every enqueue (a task's schema rarely changes).
+    return jsonschema.Draft202012Validator(msgspec.json.decode(schema))

@@ -10,14 +10,14 @@ from asyncpg import Pool
 from litestar import Controller, Response, get, post, route
 from litestar.di import NamedDependency
 from litestar.enums import HttpMethod
-from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
+from litestar.params import FromPath, JSONBody, QueryParameter
 from opentelemetry import trace
 from redis.asyncio import Redis
 
 from services.gateway.auth import User
 from services.gateway.errors import InvalidRequest
 from services.gateway.outbox import OutboxRelay
-from services.gateway.responses import PageNumber, PerPage, errors
+from services.gateway.responses import IdempotencyKey, PageNumber, PerPage, errors
 from services.gateway.tasks.catalogue import check_arguments, task_type, task_types
 from services.gateway.tasks.queries import cancel_task, enqueue, get_task, list_tasks
 from services.gateway.tasks.records import NewTask, TaskStatus
@@ -65,16 +65,7 @@ class TasksController(Controller):
         pool: NamedDependency[Pool],
         redis: NamedDependency[Redis],
         relay: NamedDependency[OutboxRelay],
-        idempotency_key: Annotated[
-            str | None,
-            HeaderParameter(
-                name="Idempotency-Key",
-                min_length=1,
-                max_length=255,
-                pattern=r"^[^\x00-\x1f\x7f]+$",
-                description="same key, same user: the task of the first request is returned",
-            ),
-        ] = None,
+        idempotency_key: IdempotencyKey = None,
     ) -> EnqueueResponse:
         """Queue a task a live worker registered, its arguments checked against its signature."""
         registered = await task_type(redis, data.task)
