@@ -106,9 +106,11 @@ async def test_one_read_fills_every_free_slot_and_acks_share_round_trips(
 
     assert sorted(handled) == sorted(f"file-{n}" for n in range(80))
     assert await pending_count(redis, NORMAL) == 0
-    # One entry per read and one XACK per entry would take 80 of each (and the lanes above
-    # NORMAL are asked first every time); eight slots per read take about ten.
-    assert await calls(redis, "xreadgroup") <= 40
+    # One entry per read asks the lane above NORMAL and NORMAL itself for every entry: 160 or
+    # more XREADGROUPs (164 on the code before batched reads). Eight slots per read take about
+    # 20; on a loaded machine handlers end staggered and reads fill fewer slots (46 seen in
+    # CI), so the bound sits between the two.
+    assert await calls(redis, "xreadgroup") <= 80
     assert await calls(redis, "xack") < 60
 
 
