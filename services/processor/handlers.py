@@ -55,7 +55,7 @@ _ARTIFACT_NAMESPACE = uuid.UUID("5d9c4a51-93f1-4a4e-9d3b-5f0f1f6c2a10")
 
 
 class TaskRunner(Protocol):
-    """Runs a sync function in a worker process (services.processor.pool.WorkerPool)."""
+    """Runs a sync function in a worker process (shared.process_pool.WorkerPool)."""
 
     async def run(
         self, timeout_s: float, func: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 from services.processor import tasks
 from services.processor.cancellations import RedisCancellations
 from services.processor.handlers import ProcessDeps
-from services.processor.pool import WorkerPool
 from services.processor.staging import Staging
+from shared.process_pool import WorkerPool
 from shared.storage import open_storage
 
 if TYPE_CHECKING:

@@ -10,9 +10,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import signal
-import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,7 +54,6 @@ COG_BLOCK_PX = 512
 GDAL_CACHE_MB = 64
 # Worker processes exit when the service that spawned them is gone (a SIGKILL leaves no one
 # to shut the pool down); checked this often.
-_PARENT_CHECK_S = 0.5
 _EXIF_TAGS = (
     "Make",
     "Model",
@@ -81,24 +77,11 @@ R = TypeVar("R")
 
 
 def init_worker(parent_pid: int) -> None:
-    """Set up a pool worker: GDAL limits, signals, and an exit when the parent dies."""
+    """Set up a pool worker: GDAL limits (the pool itself sees to signals and its parent)."""
     os.environ.setdefault("GDAL_CACHEMAX", str(GDAL_CACHE_MB))
     # No directory listing per open: sidecar files are not expected, and listing a folder of
     # thousands of downloads on every open is slow.
     os.environ.setdefault("GDAL_DISABLE_READDIR_ON_OPEN", "EMPTY_DIR")
-    # The service owns shutdown: a Ctrl-C or SIGTERM sent to the whole process group must not
-    # kill a task the service is still draining; the service stops its workers itself.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    threading.Thread(
-        target=_exit_with_parent, args=(parent_pid,), name="parent-watch", daemon=True
-    ).start()
-
-
-def _exit_with_parent(parent_pid: int) -> None:
-    while os.getppid() == parent_pid:
-        time.sleep(_PARENT_CHECK_S)
-    os._exit(1)
 
 
 def _input_errors(func: Callable[P, R]) -> Callable[P, R]:

@@ -22,6 +22,8 @@ from services.tasks.context import Context
 from shared.errors import PermanentError
 
 Backoff = Literal["exponential", "linear"]
+# Where a try runs: on the worker's event loop, in a thread, or in the worker's process pool.
+Executor = Literal["async", "thread", "process"]
 # Queue names end up in stream keys (downlink:tasks:{queue}:{lane}).
 QUEUE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 TASK_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,200}")
@@ -29,7 +31,7 @@ DEFAULT_TIMEOUT_S = 300.0
 
 
 class Permanent(PermanentError):
-    """Raise it from a task to fail it for good: no retry, dead-lettered at once."""
+    """Raise it from a task to fail it for good: no retry, status failed, no dead letter."""
 
 
 class TaskPolicy(msgspec.Struct, frozen=True, kw_only=True):
@@ -72,10 +74,11 @@ class TaskDefinition:
 
     Attributes:
         name: what enqueues name it by.
-        function: the decorated function (async, or sync: run in a thread).
+        function: the decorated function (async, or sync: run in a thread or a process).
         policy: its queueing, retry and timeout policy.
         arguments: a Struct of its parameters (the Context one left out), for msgspec.convert.
         context_parameter: the name of the parameter that receives the Context, if any.
+        executor: "async" (an async function), "thread" or "process" (a sync one).
     """
 
     name: str
@@ -83,6 +86,7 @@ class TaskDefinition:
     policy: TaskPolicy
     arguments: type[msgspec.Struct]
     context_parameter: str | None
+    executor: Executor = "async"
 
     @property
     def is_async(self) -> bool:
@@ -108,8 +112,17 @@ def task(
     backoff: Backoff = "exponential",
     priority: int = 5,
     unique: bool = False,
+    executor: Executor | None = None,
 ) -> Callable[[Callable[..., Any]], TaskDefinition]:
-    """Declare a function as a task; its name defaults to `module.function`."""
+    """Declare a function as a task; its name defaults to `module.function`.
+
+    A sync function runs in a thread, or with `executor="process"` (CPU-bound work) in the
+    worker's process pool, up to `--max-jobs` processes but no more than the machine's cores.
+    A process task is a module-level function without a Context parameter, whose arguments and
+    result cross the process boundary as JSON. Neither a thread nor a process can be
+    cancelled: past its timeout the try fails; the thread runs on, the process is killed (a
+    fresh one takes its place), so a process task has no soft timeout.
+    """
     policy = TaskPolicy(
         queue=queue,
         max_tries=max_tries,
@@ -127,7 +140,8 @@ def task(
         if not TASK_NAME.fullmatch(task_name):
             raise ValueError(f"task name {task_name!r}: use letters, digits and _ . : -")
         arguments, context_parameter = _arguments_of(function, task_name)
-        return TaskDefinition(task_name, function, policy, arguments, context_parameter)
+        runs_in = _executor_of(function, executor, task_name, policy, context_parameter)
+        return TaskDefinition(task_name, function, policy, arguments, context_parameter, runs_in)
 
     return register
 
@@ -145,6 +159,34 @@ def _check(policy: TaskPolicy) -> None:
             raise ValueError(f"{field} must be > 0")
     if policy.retry_backoff_s < 0:
         raise ValueError("retry_backoff_s must be >= 0")
+
+
+def _executor_of(
+    function: Callable[..., Any],
+    executor: Executor | None,
+    task_name: str,
+    policy: TaskPolicy,
+    context_parameter: str | None,
+) -> Executor:
+    """Where the function runs, refusing what cannot run there."""
+    is_async = inspect.iscoroutinefunction(function)
+    if executor is None:
+        return "async" if is_async else "thread"
+    if is_async != (executor == "async"):
+        kind = "an async function" if is_async else "a sync function"
+        raise TypeError(f"task {task_name}: {kind} cannot have executor={executor!r}")
+    if executor != "process":
+        return executor
+    if context_parameter is not None:
+        raise TypeError(
+            f"task {task_name}: a process task has no Context (parameter {context_parameter!r});"
+            " it runs in another process, away from the worker's Redis and events"
+        )
+    if "<locals>" in function.__qualname__:
+        raise TypeError(f"task {task_name}: a process task must be defined at module level")
+    if policy.soft_timeout_s is not None:
+        raise TypeError(f"task {task_name}: a process task has no soft timeout, only timeout_s")
+    return executor
 
 
 def _arguments_of(

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from services.processor import tasks
-from services.processor.pool import TaskTimeout, WorkerCrashed, WorkerPool
 from services.processor.rasters import ProcessingError
+from shared.process_pool import TaskTimeout, WorkerCrashed, WorkerPool
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -124,7 +124,7 @@ def test_workers_exit_when_the_service_is_sigkilled(tmp_path: Path) -> None:
     script.write_text(
         "import asyncio, sys, time\n"
         "from services.processor import tasks\n"
-        "from services.processor.pool import WorkerPool\n"
+        "from shared.process_pool import WorkerPool\n"
         "async def main():\n"
         "    async with WorkerPool(1, initializer=tasks.init_worker) as pool:\n"
         "        print(pool.pids[0], flush=True)\n"

@@ -3,7 +3,8 @@
 `concurrent.futures` cannot cancel a task that is running, so the pool is made of `size`
 single-process executors ("slots"). A task past its timeout gets its own process SIGKILLed and
 its slot replaced by a fresh one; the other tasks run on undisturbed. Workers start with the
-'spawn' method: no forked copy of the event loop, sockets or locks of the service.
+'spawn' method: no forked copy of the event loop, sockets or locks of the service. They leave
+SIGINT and SIGTERM to the service, and exit when it dies.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import logging
 import multiprocessing
 import os
 import signal
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -34,6 +37,7 @@ R = TypeVar("R")
 # grow over a long life, and a fresh process costs well under a second.
 RECYCLE_AFTER_TASKS = 500
 _REAP_TIMEOUT_S = 10.0
+_PARENT_CHECK_S = 0.5
 
 
 class TaskTimeout(TransientError):
@@ -154,15 +158,12 @@ class WorkerPool:
                 self._idle.put_nowait(slot)
 
     async def _start_slot(self) -> _Slot:
-        if self._initializer is None:
-            executor = ProcessPoolExecutor(max_workers=1, mp_context=self._context)
-        else:
-            executor = ProcessPoolExecutor(
-                max_workers=1,
-                mp_context=self._context,
-                initializer=self._initializer,
-                initargs=(os.getpid(),),
-            )
+        executor = ProcessPoolExecutor(
+            max_workers=1,
+            mp_context=self._context,
+            initializer=_start_worker,
+            initargs=(os.getpid(), self._initializer),
+        )
         # The first task makes the executor start its one process, which tells us its pid.
         pid = await asyncio.wrap_future(executor.submit(os.getpid))
         slot = _Slot(executor=executor, pid=pid)
@@ -193,6 +194,25 @@ class WorkerPool:
                 asyncio.to_thread(slot.executor.shutdown, wait=True, cancel_futures=True),
                 _REAP_TIMEOUT_S,
             )
+
+
+def _start_worker(parent_pid: int, initializer: Callable[[int], None] | None) -> None:
+    """Set up a worker process: signals, an exit when the parent dies, then `initializer`."""
+    # The service owns shutdown: a Ctrl-C or SIGTERM sent to the whole process group must not
+    # kill a task the service is still draining; the service stops its workers itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    threading.Thread(
+        target=_exit_with_parent, args=(parent_pid,), name="parent-watch", daemon=True
+    ).start()
+    if initializer is not None:
+        initializer(parent_pid)
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(_PARENT_CHECK_S)
+    os._exit(1)
 
 
 def _kill(pid: int) -> None:
