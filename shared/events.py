@@ -405,6 +405,9 @@ class RunTask(Command, tag="task.run", frozen=True):
         args: the arguments as JSON, checked against the task's schema at enqueue.
         queue: the queue the task was declared on.
         priority: 1-10, decides the lane.
+        checkpoint: the task's last `ctx.checkpoint` state as PostgreSQL recorded it, when the
+            reconciler publishes the task again from its row; a try prefers the worker's
+            Redis copy (newer) and falls back on this one (a Redis loss). None: none saved.
     """
 
     task_id: TaskId
@@ -413,6 +416,7 @@ class RunTask(Command, tag="task.run", frozen=True):
     args: dict[str, Any] = {}
     queue: str = "default"
     priority: int = 5
+    checkpoint: Any = None
 
 
 WorkCommand = DownloadFile | ProcessFile | BuildComposite | BuildExport | RunTask
@@ -491,17 +495,60 @@ class TaskRetrying(TaskEvent, tag="task.retrying", frozen=True):
 
 
 class TaskFailed(TaskEvent, tag="task.failed", frozen=True):
-    """The task is dead: a `Permanent` error, or its last try failed; it is dead-lettered.
+    """The task ended in error, for good.
 
     Attributes:
         error: the exception and its traceback.
         attempts: tries made.
         worker: consumer name of the worker.
+        dead_lettered: True when its tries ran out or its workers kept dying (status dead, in
+            the dead letters, worth a re-drive); False for a `Permanent` error or arguments
+            that no longer fit (status failed, acknowledged: running it again fails the same).
     """
 
     error: str
     attempts: int = 1
     worker: str = ""
+    dead_lettered: bool = True
+
+
+class TaskEnqueued(TaskEvent, tag="task.enqueued", frozen=True):
+    """A running task queued a follow-up (`ctx.enqueue`); the tracker writes it as if enqueued
+    over HTTP by the parent's owner. `task_id` is the new task's, chosen by the worker.
+
+    Attributes:
+        parent_id: the task that enqueued it.
+        user_id: the owner (the parent's).
+        task: the registered name.
+        args: the arguments, checked by the worker against the task's signature.
+        queue: the queue the task is declared on.
+        priority: 1-10, decides the lane.
+        run_at: Unix time before which it must not run; None to run at once.
+        unique: the task's type allows one open task per user with the same arguments.
+        trace_headers: the parent's trace context (`traceparent`): the child's trace goes on.
+    """
+
+    parent_id: TaskId
+    user_id: UserId
+    task: str
+    args: dict[str, Any] = {}
+    queue: str = "default"
+    priority: int = 5
+    run_at: float | None = None
+    unique: bool = False
+    trace_headers: dict[str, str] = {}
+
+
+class TaskCheckpointed(TaskEvent, tag="task.checkpointed", frozen=True):
+    """A running task saved where it was (`ctx.checkpoint`); the tracker keeps the latest.
+
+    Attributes:
+        state: the saved state as JSON.
+        attempt: the try that saved it.
+    """
+
+    state: Any = None
+    attempt: int = 1
 
 
 PipelineEvent = (
@@ -522,6 +569,8 @@ PipelineEvent = (
     | TaskSucceeded
     | TaskRetrying
     | TaskFailed
+    | TaskEnqueued
+    | TaskCheckpointed
 )
 EVENT_DECODER = msgspec.json.Decoder(PipelineEvent)
 ENCODER = msgspec.json.Encoder()

@@ -111,6 +111,11 @@ def task_cancelled_key(task_id: str) -> str:
     return f"downlink:task-cancelled:{task_id}"
 
 
+def task_checkpoint_key(task_id: str) -> str:
+    """A task's last `ctx.checkpoint` state (JSON), read when a try of it starts."""
+    return f"downlink:task-checkpoint:{task_id}"
+
+
 def task_types_key(consumer: str) -> str:
     """Hash of task name -> definition (policy, schema) a live task worker registered; it
     expires with the worker's heartbeat."""

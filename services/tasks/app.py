@@ -64,7 +64,7 @@ async def serve(
             streams=task_lanes(queue),
             group=TASKS_GROUP,
             decoder=TASK_DECODER,
-            resources=TaskResources(tasks, job_timeout_s),
+            resources=TaskResources(tasks, job_timeout_s, max_jobs),
             handler=handle,
             policy=ConsumerPolicy(
                 concurrency=policy.concurrency,

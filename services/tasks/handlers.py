@@ -3,13 +3,16 @@
 Plain async functions over Protocol-typed ports; no framework or Redis imports here. The
 consumer's policy is per consumer, so the task's own one decides here: a failed try raises
 TaskRetry (a TransientError carrying the task's backoff) while tries remain, else TaskDead (a
-PermanentError), and the consumer dead-letters it.
+PermanentError), and the consumer dead-letters it. A task that fails for good on its own (a
+Permanent error, arguments that no longer fit) is reported failed and acknowledged instead:
+running it again would fail the same.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 import traceback
@@ -20,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import msgspec
 from opentelemetry import trace
 
-from services.tasks.context import Context
+from services.tasks.context import CheckpointStore, Context, TaskTypes
 from services.tasks.definitions import DEFAULT_TIMEOUT_S
 from shared.errors import JobCancelled, PermanentError, TransientError
 from shared.events import TaskFailed, TaskRetrying, TaskStarted, TaskSucceeded
@@ -28,6 +31,8 @@ from shared.ids import new_event_id
 
 if TYPE_CHECKING:
     from services.tasks.definitions import TaskDefinition
+    from services.tasks.limits import TaskLimits
+    from services.tasks.processes import TaskProcesses
     from shared.broker import EventPublisher
     from shared.events import RunTask
 
@@ -63,6 +68,10 @@ class TaskDeps:
     worker: str
     default_timeout_s: float = DEFAULT_TIMEOUT_S
     progress_interval_s: float = 1.0
+    limits: TaskLimits | None = None  # what ctx.rate_limit and ctx.concurrency ask
+    processes: TaskProcesses | None = None  # where executor="process" tasks run
+    task_types: TaskTypes | None = None  # what ctx.enqueue checks follow-ups against
+    checkpoints: CheckpointStore | None = None  # the fast copy of ctx.checkpoint's state
 
 
 class TaskRetry(TransientError):
@@ -74,7 +83,17 @@ class TaskRetry(TransientError):
 
 
 class TaskDead(PermanentError):
-    """The task failed for good (a Permanent error, its last try); `details` is the traceback."""
+    """Its last try failed, its workers kept dying, or no task of its name runs here: dead-
+    lettered, for a re-drive once fixed; `details` is the traceback."""
+
+    def __init__(self, message: str, *, details: str) -> None:
+        super().__init__(message)
+        self.details = details
+
+
+class TaskFailedForGood(Exception):
+    """A Permanent error, or arguments that no longer fit: reported failed and acknowledged,
+    with no dead letter (a re-drive would fail the same); `details` is the traceback."""
 
     def __init__(self, message: str, *, details: str) -> None:
         super().__init__(message)
@@ -87,7 +106,8 @@ class TaskTimedOut(Exception):
 
 async def run_task(command: RunTask, deps: TaskDeps, *, attempt: int) -> None:
     """Run one try of `command`'s task and report it; raises to have the consumer retry it,
-    dead-letter it (TaskDead) or drop it (JobCancelled)."""
+    dead-letter it (TaskDead) or drop it (JobCancelled). A task failed for good returns, so
+    the consumer acknowledges it."""
     definition = deps.tasks.get(command.task)
     if definition is None:
         raise TaskDead(
@@ -104,27 +124,23 @@ async def run_task(command: RunTask, deps: TaskDeps, *, attempt: int) -> None:
     span = trace.get_current_span()
     span.set_attribute("downlink.task_id", command.task_id)
     span.set_attribute("downlink.task", command.task)
-    await deps.publisher.publish(
-        TaskStarted(
-            event_id=new_event_id(),
-            task_id=command.task_id,
-            at=time.time(),
-            attempt=attempt,
-            worker=deps.worker,
-        )
-    )
-    context = Context(
-        task_id=command.task_id,
-        task=command.task,
-        attempt=attempt,
-        report=deps.publisher.publish,
-        is_cancelled=lambda: deps.cancellations.knows_cancelled(command.task_id),
-        progress_interval_s=deps.progress_interval_s,
-    )
-    with _outcome(definition, attempt):
-        async with deps.cancellations.watch(command.task_id):
-            result = await _call(definition, command.args, context, deps.default_timeout_s)
+    context = await _context(command, deps, attempt)
+    try:
+        with _outcome(definition, attempt):
+            async with deps.cancellations.watch(command.task_id):
+                result = _checked_json(await _call(definition, command.args, context, deps))
+            await context.flush()
+    except TaskFailedForGood as failure:
+        span.set_status(trace.StatusCode.ERROR, str(failure))
         await context.flush()
+        await deps.publisher.publish(
+            failure_event(command, failure, attempt, deps.worker, dead_lettered=False)
+        )
+        return
+    await _succeeded(command, deps, attempt, result)
+
+
+async def _succeeded(command: RunTask, deps: TaskDeps, attempt: int, result: Any) -> None:
     await deps.publisher.publish(
         TaskSucceeded(
             event_id=new_event_id(),
@@ -135,6 +151,47 @@ async def run_task(command: RunTask, deps: TaskDeps, *, attempt: int) -> None:
             worker=deps.worker,
         )
     )
+    if deps.checkpoints is not None:
+        # Done: a redelivery of it (a crash before the ack) changes nothing on its row.
+        await deps.checkpoints.forget(command.task_id)
+
+
+async def _context(command: RunTask, deps: TaskDeps, attempt: int) -> Context:
+    """Announce the try and give it its Context, with the checkpoint to resume from: the
+    workers' copy (the newest), else the command's (PostgreSQL's, after a Redis loss)."""
+    stored = None if deps.checkpoints is None else await deps.checkpoints.load(command.task_id)
+    await deps.publisher.publish(
+        TaskStarted(
+            event_id=new_event_id(),
+            task_id=command.task_id,
+            at=time.time(),
+            attempt=attempt,
+            worker=deps.worker,
+        )
+    )
+    return Context(
+        task_id=command.task_id,
+        task=command.task,
+        attempt=attempt,
+        report=deps.publisher.publish,
+        is_cancelled=lambda: deps.cancellations.knows_cancelled(command.task_id),
+        progress_interval_s=deps.progress_interval_s,
+        limits=deps.limits,
+        user_id=command.user_id,
+        checkpointed=command.checkpoint if stored is None else msgspec.json.decode(stored),
+        task_types=deps.task_types,
+        checkpoints=deps.checkpoints,
+    )
+
+
+def _checked_json(result: Any) -> Any:
+    """`result` (JSON builtins), unless JSON cannot carry it as it is: NaN and infinities
+    would be stored as null, so the try fails with the reason instead."""
+    try:
+        json.dumps(result, allow_nan=False)
+    except ValueError as exc:
+        raise TypeError(f"the task's result is not JSON-serialisable: {exc}") from None
+    return result
 
 
 @contextlib.contextmanager
@@ -145,7 +202,7 @@ def _outcome(definition: TaskDefinition, attempt: int) -> Iterator[None]:
     except (JobCancelled, TaskDead):
         raise
     except (PermanentError, msgspec.ValidationError) as exc:
-        raise TaskDead(_summary(exc), details=_details(exc)) from exc
+        raise TaskFailedForGood(_summary(exc), details=_details(exc)) from exc
     except Exception as exc:
         if attempt >= definition.policy.max_tries:
             raise TaskDead(_summary(exc), details=_details(exc)) from exc
@@ -154,7 +211,7 @@ def _outcome(definition: TaskDefinition, attempt: int) -> Iterator[None]:
 
 
 async def _call(
-    definition: TaskDefinition, args: dict[str, Any], context: Context, default_timeout_s: float
+    definition: TaskDefinition, args: dict[str, Any], context: Context, deps: TaskDeps
 ) -> Any:
     """The task's return value as JSON builtins; its errors as they are."""
     arguments = msgspec.convert(args, definition.arguments)
@@ -162,15 +219,20 @@ async def _call(
     if definition.context_parameter is not None:
         kwargs[definition.context_parameter] = context
     policy = definition.policy
-    hard_s = policy.timeout_s or default_timeout_s
+    hard_s = policy.timeout_s or deps.default_timeout_s
     soft_s = policy.soft_timeout_s or hard_s
     if soft_s >= hard_s and policy.soft_timeout_s is None:
         hard_s = soft_s + HARD_GRACE_S
-    if definition.is_async:
+    if definition.executor == "async":
         run = definition.function(**kwargs)
-    else:
+    elif definition.executor == "thread":
         # A thread cannot be cancelled: past its timeout the try fails, the thread runs on.
         run = asyncio.to_thread(definition.function, **kwargs)
+    elif deps.processes is None:
+        raise RuntimeError(f"task {definition.name} needs a process pool; this worker has none")
+    else:
+        # Cancelled at the timeout like any try, which kills its process.
+        run = deps.processes.run(hard_s, definition, kwargs)
     result = await _within(run, soft_s=soft_s, hard_s=hard_s)
     try:
         return msgspec.to_builtins(result)
@@ -202,8 +264,15 @@ async def _within(run: Any, *, soft_s: float, hard_s: float) -> Any:
         raise TaskTimedOut(f"timed out after {soft_s:g} s") from None
 
 
-def failure_event(command: RunTask, error: BaseException, attempts: int, worker: str) -> TaskFailed:
-    """The TaskFailed of a dead-lettered run."""
+def failure_event(
+    command: RunTask,
+    error: BaseException,
+    attempts: int,
+    worker: str,
+    *,
+    dead_lettered: bool = True,
+) -> TaskFailed:
+    """The TaskFailed of a run that ended in error: dead-lettered, or failed for good."""
     return TaskFailed(
         event_id=new_event_id(),
         task_id=command.task_id,
@@ -211,6 +280,7 @@ def failure_event(command: RunTask, error: BaseException, attempts: int, worker:
         error=_with_details(error),
         attempts=attempts,
         worker=worker,
+        dead_lettered=dead_lettered,
     )
 
 

@@ -33,6 +33,8 @@ from shared.events import (
     PipelineEvent,
     ProcessFile,
     RunTask,
+    TaskCheckpointed,
+    TaskEnqueued,
     TaskFailed,
     TaskProgress,
     TaskRetrying,
@@ -113,6 +115,20 @@ EVENTS: list[Event | ExportEvent] = [
     TaskSucceeded(event_id=EVENT, task_id=TaskId("t-1"), at=14.0, result={"ok": [1, 2]}),
     TaskRetrying(event_id=EVENT, task_id=TaskId("t-1"), at=15.0, attempt=1, error="E: x"),
     TaskFailed(event_id=EVENT, task_id=TaskId("t-1"), at=16.0, error="Permanent: y", attempts=3),
+    TaskEnqueued(
+        event_id=EVENT,
+        task_id=TaskId("t-2"),
+        at=17.0,
+        parent_id=TaskId("t-1"),
+        user_id=UserId("u-1"),
+        task="create_thumbnail",
+        args={"image_id": 7},
+        queue="cpu",
+        priority=8,
+        run_at=18.0,
+        trace_headers={"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"},
+    ),
+    TaskCheckpointed(event_id=EVENT, task_id=TaskId("t-1"), at=19.0, state={"next": 3}, attempt=2),
 ]
 
 COMMANDS = [
@@ -192,6 +208,8 @@ TAGS = {
     TaskSucceeded: "task.succeeded",
     TaskRetrying: "task.retrying",
     TaskFailed: "task.failed",
+    TaskEnqueued: "task.enqueued",
+    TaskCheckpointed: "task.checkpointed",
     RunTask: "task.run",
 }
 
@@ -268,6 +286,19 @@ def test_an_old_file_started_payload_decodes_with_defaults() -> None:
     event = EVENT_DECODER.decode(OLD_FILE_STARTED)
     assert isinstance(event, FileStarted)
     assert (event.attempt, event.worker) == (1, "")
+
+
+def test_an_old_task_failure_is_a_dead_letter_and_an_old_run_has_no_checkpoint() -> None:
+    failed = EVENT_DECODER.decode(
+        b'{"type":"task.failed","event_id":"e-3","task_id":"t-1","at":1.0,"error":"E: x"}'
+    )
+    assert isinstance(failed, TaskFailed)
+    assert failed.dead_lettered
+    run = WORK_COMMAND_DECODER.decode(
+        b'{"type":"task.run","task_id":"t-1","user_id":"u-1","task":"add","args":{"a":1}}'
+    )
+    assert isinstance(run, RunTask)
+    assert run.checkpoint is None
 
 
 def test_unknown_fields_are_tolerated() -> None:

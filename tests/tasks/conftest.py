@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from redis.asyncio import Redis
 
 # The integration suite's stack fixtures, for these tests too.
+from tests.gateway.support import stream_frames
 from tests.integration.conftest import Pipeline, pipeline_factory
 
 if TYPE_CHECKING:
@@ -60,3 +63,16 @@ def enqueue(client: httpx.Client, task: str, **body: Any) -> str:
     assert response.status_code == 202, response.text
     task_id: str = response.json()["task_id"]
     return task_id
+
+
+def frames(redis_url: str, stream: str) -> list[tuple[bytes, dict[str, Any]]]:
+    """Body and headers of every entry of `stream` (what the tracker or a worker reads)."""
+
+    async def read() -> list[tuple[bytes, dict[str, Any]]]:
+        client = Redis.from_url(redis_url)
+        try:
+            return await stream_frames(client, stream)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(read())

@@ -14,7 +14,7 @@ import pytest
 from downlink import Context, Permanent, task
 from services.tasks.handlers import TaskDead, TaskDeps, TaskRetry, run_task
 from shared.errors import JobCancelled
-from shared.events import RunTask, TaskEvent, TaskStarted, TaskSucceeded
+from shared.events import RunTask, TaskEvent, TaskFailed, TaskStarted, TaskSucceeded
 from shared.ids import TaskId, UserId
 
 
@@ -121,11 +121,22 @@ async def test_a_failed_try_is_retried_with_the_tasks_backoff_until_its_last() -
         await run_task(_command("exp"), deps, attempt=3)
 
 
-async def test_permanent_bad_arguments_and_unknown_tasks_are_dead_at_once() -> None:
-    deps, _ = _deps(bad, lin)
-    for command in (_command("bad"), _command("lin", x="four"), _command("missing")):
-        with pytest.raises(TaskDead):
-            await run_task(command, deps, attempt=1)
+async def test_permanent_and_bad_arguments_fail_at_once_without_a_dead_letter() -> None:
+    deps, events = _deps(bad, lin)
+    for command in (_command("bad"), _command("lin", x="four")):
+        await run_task(command, deps, attempt=1)  # returns: the consumer acknowledges it
+        failed = events.published[-1]
+        assert isinstance(failed, TaskFailed)
+        assert (failed.dead_lettered, failed.attempts) == (False, 1)
+    permanent, bad_arguments = [e.error for e in events.published if isinstance(e, TaskFailed)]
+    assert "Permanent: no" in permanent
+    assert "Expected `int`, got `str` - at `$.x`" in bad_arguments
+
+
+async def test_an_unknown_task_is_dead_lettered_for_a_worker_that_has_it() -> None:
+    deps, _ = _deps(lin)
+    with pytest.raises(TaskDead, match="no task 'missing'"):
+        await run_task(_command("missing"), deps, attempt=1)
 
 
 async def test_a_task_that_swallows_its_soft_timeout_is_cut_at_the_hard_one() -> None:

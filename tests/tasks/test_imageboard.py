@@ -42,8 +42,9 @@ def test_thumbnails_are_exactly_250_by_200_and_variants_keep_the_aspect(
     missing = enqueue(
         alice, "create_thumbnail", args={"source": str(tmp_path / "gone.png"), "target": "x"}
     )
-    dead = wait_task(alice, missing)
-    assert (dead["status"], dead["attempts"]) == ("dead", 1)
+    # A Permanent error: failed at once, no dead letter (running it again fails the same).
+    failed = wait_task(alice, missing)
+    assert (failed["status"], failed["attempts"]) == ("failed", 1)
     bad_variant = alice.post(
         "/api/v1/tasks",
         json={"task": "create_variant", "args": {"source": "a", "target": "b", "variant": "xl"}},

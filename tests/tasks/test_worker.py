@@ -90,17 +90,23 @@ def test_a_failing_task_is_retried_with_its_own_policy_then_succeeds(
     ]
 
 
-def test_permanent_is_dead_at_once_and_listed_in_the_dead_letters(stack: Pipeline) -> None:
+def test_permanent_fails_at_once_without_a_dead_letter(stack: Pipeline) -> None:
     start_worker(stack)
     alice = stack.client("alice")
     task_id = enqueue(alice, "doomed", args={"reason": "image 7 is gone"})
-    dead = wait_task(alice, task_id)
-    assert (dead["status"], dead["attempts"]) == ("dead", 1)
-    assert "Permanent: image 7 is gone" in dead["error"]
-    assert "Traceback" in dead["error"]
+    failed = wait_task(alice, task_id)
+    assert (failed["status"], failed["attempts"]) == ("failed", 1)
+    assert "Permanent: image 7 is gone" in failed["error"]
+    assert "Traceback" in failed["error"]
+    # A task whose last try failed is dead instead, and listed: a re-drive may help it.
+    exhausted = enqueue(alice, "flaky", args={"fail_times": 3})
+    dead = wait_task(alice, exhausted)
+    assert (dead["status"], dead["attempts"]) == ("dead", 3)
+    assert "failing on purpose, try 3" in dead["error"]
     admin = stack.client("root", admin=True)
     letters = admin.get("/api/v1/dead-letters").json()["dead_letters"]
-    assert [letter for letter in letters if task_id in letter["body"]], letters
+    assert [letter for letter in letters if exhausted in str(letter)], letters
+    assert not [letter for letter in letters if task_id in str(letter)], letters
 
 
 def test_a_timeout_or_a_result_that_is_not_json_fails_the_try(stack: Pipeline) -> None:
@@ -108,6 +114,7 @@ def test_a_timeout_or_a_result_that_is_not_json_fails_the_try(stack: Pipeline) -
     alice = stack.client("alice")
     slow = enqueue(alice, "slow", args={"seconds": 30})
     not_json = enqueue(alice, "not_json")
+    not_finite = enqueue(alice, "not_finite")
     began = time.monotonic()
     timed_out = wait_task(alice, slow, timeout=20)
     assert time.monotonic() - began < 15
@@ -116,6 +123,10 @@ def test_a_timeout_or_a_result_that_is_not_json_fails_the_try(stack: Pipeline) -
     unserialisable = wait_task(alice, not_json)
     assert unserialisable["status"] == "dead"
     assert "not JSON-serialisable" in unserialisable["error"]
+    # JSON would carry NaN as null: the user sees why instead of a silent None.
+    nan = wait_task(alice, not_finite)
+    assert (nan["status"], nan["result"]) == ("dead", None)
+    assert "the task's result is not JSON-serialisable: Out of range float" in nan["error"]
 
 
 def test_a_running_task_is_cancelled(stack: Pipeline, database_url: str) -> None:

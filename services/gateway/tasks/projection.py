@@ -3,17 +3,31 @@
 Only pending and running tasks move, so a replayed, late or out-of-order event, or one after a
 cancel, changes nothing. A try's start names its attempt: one that starts while an earlier try
 is still 'running' (its worker was killed and the entry reclaimed) ends that one 'interrupted',
-whether the later try's start or its end is projected first.
+whether the later try's start or its end is projected first. A follow-up a task queued
+(TaskEnqueued) is enqueued here, in the event's transaction, as POST /api/v1/tasks enqueues.
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from services.gateway.executions.history import ExecutionStatus, Task
 from services.gateway.executions.tries import End, finish_try, insert_try, interrupt_overtaken
 from services.gateway.projection import Projector, one_by_one
-from shared.events import TaskFailed, TaskProgress, TaskRetrying, TaskStarted, TaskSucceeded
+from services.gateway.tasks.queries import enqueue
+from services.gateway.tasks.records import NewTask
+from shared.events import (
+    TaskCheckpointed,
+    TaskEnqueued,
+    TaskFailed,
+    TaskProgress,
+    TaskRetrying,
+    TaskStarted,
+    TaskSucceeded,
+)
+from shared.ids import UserId
+from shared.telemetry import span_context_of
 
 if TYPE_CHECKING:
     import asyncpg
@@ -29,6 +43,49 @@ async def lock_task_of(connection: asyncpg.Connection, event: TaskEvent) -> bool
         "SELECT true FROM tasks WHERE id = $1 FOR UPDATE", event.task_id
     )
     return bool(found)
+
+
+async def lock_parent_of(connection: asyncpg.Connection, event: TaskEnqueued) -> bool:
+    """A follow-up's lock: its parent's row (the new task has none yet); False without one."""
+    found = await connection.fetchval(
+        "SELECT true FROM tasks WHERE id = $1 FOR UPDATE", event.parent_id
+    )
+    return bool(found)
+
+
+async def task_enqueued(connection: asyncpg.Connection, event: TaskEnqueued) -> bool:
+    # The owner is the parent's, whatever the event says: a worker cannot queue for another.
+    owner = await connection.fetchval("SELECT user_id FROM tasks WHERE id = $1", event.parent_id)
+    parent_trace = span_context_of(event.trace_headers.get("traceparent", ""))
+    await enqueue(
+        connection,
+        NewTask(
+            user_id=UserId(str(owner)),
+            task=event.task,
+            queue=event.queue,
+            args=event.args,
+            priority=event.priority,
+            run_at=None if event.run_at is None else datetime.fromtimestamp(event.run_at, UTC),
+            unique=event.unique,
+            task_id=event.task_id,
+            parent_id=event.parent_id,
+        ),
+        trace_id=None if parent_trace is None else format(parent_trace.trace_id, "032x"),
+        trace_headers=event.trace_headers,
+    )
+    return False
+
+
+async def task_checkpointed(connection: asyncpg.Connection, event: TaskCheckpointed) -> bool:
+    # Kept whatever the status: a later run of it (a re-drive) may still resume from it.
+    await connection.execute(
+        "UPDATE tasks SET checkpoint = $2, checkpoint_at = $3, updated_at = now()"
+        " WHERE id = $1 AND (checkpoint_at IS NULL OR checkpoint_at <= $3)",
+        event.task_id,
+        event.state,
+        event.at,
+    )
+    return False
 
 
 async def task_started(connection: asyncpg.Connection, event: TaskStarted) -> bool:
@@ -121,13 +178,14 @@ async def task_retrying(connection: asyncpg.Connection, event: TaskRetrying) -> 
 
 async def task_failed(connection: asyncpg.Connection, event: TaskFailed) -> bool:
     owner = await connection.fetchval(
-        "UPDATE tasks SET status = 'dead', error = $2, attempts = greatest(attempts, $3),"
-        " finished_at = to_timestamp($4), updated_at = now()"
+        "UPDATE tasks SET status = CASE WHEN $5 THEN 'dead' ELSE 'failed' END, error = $2,"
+        " attempts = greatest(attempts, $3), finished_at = to_timestamp($4), updated_at = now()"
         f" WHERE id = $1 AND {_OPEN} RETURNING user_id",
         event.task_id,
         event.error,
         event.attempts,
         event.at,
+        event.dead_lettered,
     )
     await _end_try(
         connection,
@@ -179,4 +237,11 @@ PROJECTORS: dict[type, Projector] = {
     TaskSucceeded: Projector(apply=one_by_one(task_succeeded), lock=lock_task_of),
     TaskRetrying: Projector(apply=one_by_one(task_retrying), lock=lock_task_of),
     TaskFailed: Projector(apply=one_by_one(task_failed), lock=lock_task_of),
+    TaskEnqueued: Projector(
+        apply=one_by_one(task_enqueued), lock=lock_parent_of, writes_outbox=True
+    ),
+    # Idempotent by itself (the latest `at` wins) and as frequent as a task's steps: unclaimed.
+    TaskCheckpointed: Projector(
+        apply=one_by_one(task_checkpointed), lock=lock_task_of, claimed=False
+    ),
 }

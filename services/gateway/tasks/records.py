@@ -3,30 +3,22 @@
 from __future__ import annotations
 
 from datetime import datetime
-from enum import StrEnum
 from typing import Any
 
 import msgspec
 
 from shared.ids import TaskId, UserId
-
-
-class TaskStatus(StrEnum):
-    """Where a task is; all but pending and running are final."""
-
-    PENDING = "pending"  # queued, delayed, or waiting out a retry's backoff
-    RUNNING = "running"  # a worker started a try
-    COMPLETED = "completed"  # returned; `result` holds its value
-    FAILED = "failed"  # reserved: ended in error without a dead letter (not produced yet)
-    CANCELLED = "cancelled"  # cancelled by its owner
-    DEAD = "dead"  # Permanent error or last try failed; in the dead letters
-
+from shared.task_types import TaskStatus
 
 OPEN_STATUSES = (TaskStatus.PENDING, TaskStatus.RUNNING)
 
 
 class NewTask(msgspec.Struct, frozen=True, kw_only=True):
-    """A task to enqueue, checked against its registered type already."""
+    """A task to enqueue, checked against its registered type already.
+
+    `task_id` is given by a follow-up (its worker chose it, so a replay writes nothing new);
+    None draws a new one. `parent_id` is the task that enqueued it.
+    """
 
     user_id: UserId
     task: str
@@ -36,6 +28,8 @@ class NewTask(msgspec.Struct, frozen=True, kw_only=True):
     run_at: datetime | None = None
     idempotency_key: str | None = None
     unique: bool = False
+    task_id: TaskId | None = None
+    parent_id: TaskId | None = None
 
 
 class EnqueuedTask(msgspec.Struct, frozen=True, kw_only=True):
@@ -66,6 +60,7 @@ class TaskRecord(msgspec.Struct, frozen=True, kw_only=True):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    parent_id: TaskId | None = None
 
 
 class TaskPage(msgspec.Struct, frozen=True, kw_only=True):
@@ -73,13 +68,3 @@ class TaskPage(msgspec.Struct, frozen=True, kw_only=True):
     page: int
     per_page: int
     total: int
-
-
-class TaskType(msgspec.Struct, frozen=True, kw_only=True):
-    """A task as a live worker registered it (services.tasks.registry writes the same shape)."""
-
-    name: str
-    queue: str
-    policy: dict[str, Any]
-    args_schema: dict[str, Any]
-    worker: str = ""
