@@ -15,7 +15,7 @@ from shared.pipelining import RoundTrips
 from shared.streams import DATA_FIELD, EVENTS_STREAM
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
 
     from opentelemetry.trace import TracerProvider
     from redis.asyncio import Redis
@@ -54,6 +54,17 @@ class Frames:
     ) -> bytes:
         """The frame of `body` for `stream`; its traceparent is a new publish span, a child
         of the current context."""
+        return (await self.frames(stream, [(body, correlation_id)], headers=headers))[0]
+
+    async def frames(
+        self,
+        stream: str,
+        messages: Sequence[tuple[bytes, str]],
+        *,
+        headers: Mapping[str, str] = {},
+    ) -> list[bytes]:
+        """The frames of (body, correlation id) `messages` for `stream`, under one publish span
+        (a child of the current context) that every frame's traceparent names."""
         with self._tracer.start_as_current_span(
             f"{stream} publish",
             kind=trace.SpanKind.PRODUCER,
@@ -61,13 +72,17 @@ class Frames:
                 "messaging.system": "redis",
                 "messaging.destination.name": stream,
                 "messaging.operation.type": "publish",
+                "messaging.batch.message_count": len(messages),
             },
         ):
             framed = {**headers, "content-type": "application/json"}
             propagate.inject(framed)
-            return await BinaryMessageFormatV1.encode(
-                message=body, reply_to=None, headers=framed, correlation_id=correlation_id
-            )
+            return [
+                await BinaryMessageFormatV1.encode(
+                    message=body, reply_to=None, headers=framed, correlation_id=correlation_id
+                )
+                for body, correlation_id in messages
+            ]
 
 
 class BrokerPublisher:

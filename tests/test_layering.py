@@ -210,7 +210,7 @@ RECORD_SIDE = [
     "services.gateway.executions.queries",
     "services.gateway.executions.tries",
     "services.gateway.dead_letters.queries",
-    "services.gateway.tasks.catalogue",
+    "shared.task_types",
     "services.gateway.tasks.commands",
     "services.gateway.tasks.errors",
     "services.gateway.tasks.projection",

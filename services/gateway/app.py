@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -31,16 +32,18 @@ from services.gateway.errors import GatewayError, InvalidRequest
 from services.gateway.executions.controller import MetricsController, OperationsController
 from services.gateway.exports.controller import ExportsController
 from services.gateway.exports.queries import ExportRepository
-from services.gateway.jobs import live
 from services.gateway.jobs.controller import DownloadsController
 from services.gateway.jobs.queries import JobRepository
 from services.gateway.jobs.validation import MAX_METADATA_DEPTH
+from services.gateway.live import draining
 from services.gateway.outbox import OutboxRelay
 from services.gateway.reconciler import Reconciler
 from services.gateway.responses import ErrorBody
 from services.gateway.span_names import RouteSpanNames, initial_span_details
 from services.gateway.system import SystemController
 from services.gateway.tasks.controller import TasksController, TaskTypesController
+from services.gateway.tasks.errors import TASK_TYPE_STATUS
+from services.gateway.tasks.retention import purge_ended_tasks
 from services.gateway.tracker import Tracker
 from shared.broker import create_broker
 from shared.consumer import ensure_groups
@@ -49,6 +52,7 @@ from shared.redis_client import open_redis
 from shared.settings import Settings
 from shared.storage import Storage, open_storage
 from shared.streams import GROUPS, consumer_name
+from shared.task_types import TaskTypeError
 from shared.telemetry import create_tracer_provider
 from shared.workers import worker_presence
 
@@ -157,7 +161,7 @@ async def serve(settings: Settings) -> None:
             # Long responses (a large file, an event stream) get the grace period, then end.
             timeout_graceful_shutdown=max(1, math.ceil(settings.shutdown_grace_s)),
         )
-        server = _Server(config, draining=live.draining(app.state))
+        server = _Server(config, draining=draining(app.state))
         log.info("gateway listening on http://%s:%d", settings.http_host, settings.http_port)
         serving = asyncio.ensure_future(server.serve())
         try:
@@ -166,7 +170,7 @@ async def serve(settings: Settings) -> None:
             # Cancelled by a supervisor: shut down as on SIGTERM, so the lifespan closes the
             # pool, the broker and the background loops instead of leaking them.
             server.should_exit = True
-            live.draining(app.state).set()
+            draining(app.state).set()
             await serving
             raise
     finally:
@@ -221,6 +225,7 @@ async def _open_resources(
             tracer_provider=tracer_provider,
             keep_processed_events_s=float(retention_s),
             live_ttl_s=retention_s,
+            purges=[functools.partial(purge_ended_tasks, older_than_s=float(retention_s))],
         )
         tracker = Tracker(
             pool, redis, settings, on_outbox_written=relay.wake, tracer_provider=tracer_provider
@@ -313,6 +318,7 @@ class _BoundedRequest(Request[Any, Any, Any]):
 def _error_map() -> ExceptionHandlersMap:
     handlers: dict[type[Exception], Callable[[Request[Any, Any, Any], Any], Response[Any]]] = {
         GatewayError: _on_gateway_error,
+        TaskTypeError: _on_task_type_error,
         ValidationException: _on_validation_error,
         HTTPException: _on_http_exception,
         Exception: _on_unexpected_error,
@@ -334,6 +340,10 @@ def _error(
 
 def _on_gateway_error(_: Request[Any, Any, Any], exc: GatewayError) -> Response[ErrorBody]:
     return _error(exc.status_code, str(exc), headers=exc.headers or None)
+
+
+def _on_task_type_error(_: Request[Any, Any, Any], exc: TaskTypeError) -> Response[ErrorBody]:
+    return _error(TASK_TYPE_STATUS[type(exc)], str(exc))
 
 
 def _on_validation_error(

@@ -79,6 +79,28 @@ async def add_to_outbox(
     )
 
 
+async def add_many_to_outbox(
+    connection: asyncpg.Connection,
+    messages: Sequence[tuple[str, bytes, str | None]],
+    *,
+    headers: dict[str, str],
+) -> None:
+    """Queue (stream, body, command_key) messages in one statement, in the order given."""
+    if not messages:
+        return
+    await connection.execute(
+        "INSERT INTO outbox (stream, body, headers, command_key)"
+        " SELECT u.stream, u.body, $4::jsonb, u.key"
+        " FROM unnest($1::text[], $2::bytea[], $3::text[]) WITH ORDINALITY"
+        "   AS u(stream, body, key, n)"
+        " ORDER BY u.n",
+        [stream for stream, _, _ in messages],
+        [body for _, body, _ in messages],
+        [key for _, _, key in messages],
+        headers,
+    )
+
+
 async def claim_outbox(connection: asyncpg.Connection, limit: int) -> list[OutboxRow]:
     """Lock the oldest unsent rows; other relays skip them until this transaction ends."""
     rows = await connection.fetch(
@@ -241,7 +263,11 @@ class OutboxRelay:
         keep_sent_s: float = 86_400.0,
         keep_processed_events_s: float = 7 * 86_400.0,
         live_ttl_s: int = 7 * 86_400,
+        purges: Sequence[Callable[[asyncpg.Pool], Awaitable[bool]]] = (),
     ) -> None:
+        """`purges` remove other areas' rows past their retention (ended tasks) one bounded
+        batch per call, True when more remain: they run with the relay's own purge, and again
+        at the next poll while any has more, so relaying goes on between batches."""
         self._pool = pool
         self._frames = Frames(tracer_provider)
         self._redis = redis
@@ -252,6 +278,7 @@ class OutboxRelay:
         self._keep_sent_s = keep_sent_s
         self._keep_processed_events_s = keep_processed_events_s
         self._live_ttl_s = live_ttl_s
+        self._purges = tuple(purges)
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self.published = 0
@@ -268,6 +295,7 @@ class OutboxRelay:
         """Relay until `stop()`; outages of Redis or PostgreSQL are logged and waited out."""
         backoff_s = self._poll_interval_s
         next_purge = time.monotonic() + 60.0  # not at start: let the service settle first
+        more_to_purge = False
         while not self._stopping.is_set():
             self._wake.clear()
             try:
@@ -279,6 +307,9 @@ class OutboxRelay:
                         outbox_age_s=self._keep_sent_s,
                         events_age_s=self._keep_processed_events_s,
                     )
+                    more_to_purge = True
+                if more_to_purge:
+                    more_to_purge = any([await purge(self._pool) for purge in self._purges])
             except _OUTAGES as exc:
                 log.warning(
                     "outbox relay: %s: %s; retrying in %.0fs", type(exc).__name__, exc, backoff_s
@@ -313,19 +344,22 @@ class OutboxRelay:
         # together with its live marker or not at all. A flush, or AOF losing its last second,
         # then takes both or neither, so a missing marker always means a missing command.
         async with self._redis.pipeline(transaction=True) as pipe:
-            for row in rows:
-                # Framed under the context of the request that wrote the row: the publish span
-                # is that request's child, and the frame carries the publish span onward.
-                token = context.attach(propagate.extract(row.headers))
+            for run in _runs(rows):
+                # Framed under the context of the request that wrote the rows: the publish span
+                # is that request's child, and the frames carry the publish span onward. One
+                # span per run of rows a request wrote for one stream (a batch's tasks).
+                first = run[0]
+                token = context.attach(propagate.extract(first.headers))
                 try:
-                    frame = await self._frames.frame(
-                        row.stream, row.body, correlation_id=str(row.id), headers=row.headers
+                    frames = await self._frames.frames(
+                        first.stream, [(r.body, str(r.id)) for r in run], headers=first.headers
                     )
                 finally:
                     context.detach(token)
-                pipe.xadd(row.stream, {DATA_FIELD: frame})
-                if row.command_key is not None:
-                    pipe.set(live_key(row.command_key), b"1", ex=self._live_ttl_s)
+                for row, frame in zip(run, frames, strict=True):
+                    pipe.xadd(row.stream, {DATA_FIELD: frame})
+                    if row.command_key is not None:
+                        pipe.set(live_key(row.command_key), b"1", ex=self._live_ttl_s)
             await pipe.execute()
 
     async def _pause(self, seconds: float, *, wakeable: bool = True) -> None:
@@ -334,3 +368,14 @@ class OutboxRelay:
         event = self._wake if wakeable else self._stopping
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), seconds)
+
+
+def _runs(rows: Sequence[OutboxRow]) -> list[list[OutboxRow]]:
+    """`rows` cut into runs of consecutive rows with the same stream and headers, in order."""
+    runs: list[list[OutboxRow]] = []
+    for row in rows:
+        if runs and (runs[-1][0].stream, runs[-1][0].headers) == (row.stream, row.headers):
+            runs[-1].append(row)
+        else:
+            runs.append([row])
+    return runs

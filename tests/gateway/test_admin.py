@@ -210,6 +210,7 @@ async def test_retry_reopens_the_file_and_the_job_and_the_job_ends_again(
         "status": "requeued",
         "job_id": job_id,
         "file_id": bad,
+        "task_id": None,
     }
     assert await redis.xlen(DEAD_STREAM) == 0
     file = await _row(pool, "files", bad)
@@ -329,7 +330,13 @@ async def test_a_poison_letter_goes_back_onto_its_stream_as_it_was(
     event_response = await client.post(f"{LETTERS}/{event_letter}/retry", headers=admin)
 
     assert response.status_code == 202, response.text
-    assert response.json() == {"id": letter, "status": "requeued", "job_id": None, "file_id": None}
+    assert response.json() == {
+        "id": letter,
+        "status": "requeued",
+        "job_id": None,
+        "file_id": None,
+        "task_id": None,
+    }
     assert event_response.json()["job_id"] == "j-1"
     assert event_response.json()["file_id"] == "f-1"
     assert await redis.xlen(DEAD_STREAM) == 0

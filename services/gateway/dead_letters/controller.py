@@ -50,7 +50,11 @@ class AdminController(Controller):
             403,
             404,
             409,
-            meaning={**_ADMINS_ONLY, 409: "the letter's work may not run again (cancelled job)"},
+            meaning={
+                **_ADMINS_ONLY,
+                409: "the letter's work may not run again (a cancelled job; a task cancelled,"
+                " completed, or whose end is not recorded yet)",
+            },
         ),
     )
     async def retry_dead_letter(
@@ -63,7 +67,9 @@ class AdminController(Controller):
         relay: NamedDependency[OutboxRelay],
     ) -> RetryResponse:
         """Queue a dead letter's work again: a download reopens its file and job (409 when the
-        job was cancelled); anything else goes back onto its stream as it was."""
+        job was cancelled); a task is pending again at once, its attempts and error kept until
+        its next outcome (409 when it was cancelled or completed); anything else goes back onto
+        its stream as it was."""
         redriven = await letters.redrive(
             letter_id, redis=redis, broker=broker, pool=pool, on_outbox_written=relay.wake
         )

@@ -1,8 +1,8 @@
 """Dead letters for admins: reading `downlink:dead`, and re-driving a letter's work.
 
-A download letter is re-driven through PostgreSQL (file and job reopened, command in the
-outbox), so the record stays right; any other letter (a poison body, an event) goes back onto
-its original stream as it was, for its consumer to try once more.
+A download or task letter is re-driven through PostgreSQL (file and job, or task, reopened,
+command in the outbox), so the record stays right; any other letter (a poison body, an event)
+goes back onto its original stream as it was, for its consumer to try once more.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from services.gateway.dead_letters.queries import reopen_for_redrive
+from services.gateway.dead_letters.queries import reopen_for_redrive, reopen_task_for_redrive
 from services.gateway.errors import CannotRedrive, DeadLetterNotFound
 from shared.consumer import ATTEMPT_HEADER, DeadLetter
-from shared.events import DOWNLOAD_DECODER, DownloadFile
+from shared.events import DOWNLOAD_DECODER, TASK_DECODER, DownloadFile, RunTask
 from shared.streams import DEAD_STREAM, DOWNLOAD_LANES, cancelled_key
 from shared.telemetry import trace_headers
 
@@ -51,6 +51,15 @@ class StoredLetter(msgspec.Struct, frozen=True, kw_only=True):
         except msgspec.DecodeError:
             return None  # a poison body on a download lane
 
+    def task(self) -> RunTask | None:
+        """The user-defined task the letter carries, or None for anything else."""
+        if self.letter is None:
+            return None
+        try:
+            return TASK_DECODER.decode(self.letter.body)
+        except msgspec.DecodeError:
+            return None  # not a RunTask: its tag differs, or a poison body
+
 
 class LetterPage(msgspec.Struct, frozen=True, kw_only=True):
     """One page of dead letters, newest first, and how many there are in all."""
@@ -62,11 +71,12 @@ class LetterPage(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Redriven(msgspec.Struct, frozen=True, kw_only=True):
-    """A letter whose work is queued again, with the job and file it names (where it does)."""
+    """A letter whose work is queued again, with the job and file, or task, it names."""
 
     id: str
     job_id: str | None = None
     file_id: str | None = None
+    task_id: str | None = None
 
 
 async def list_letters(redis: Redis, *, page: int, per_page: int) -> LetterPage:
@@ -95,6 +105,12 @@ async def redrive(
     if stored.letter is None:
         raise CannotRedrive(f"dead letter {letter_id} is unreadable; it cannot be re-driven")
     command = stored.command()
+    task = stored.task() if command is None else None
+    if task is not None:
+        await reopen_task_for_redrive(pool, task.task_id, headers=trace_headers())
+        await _forget(redis, stored.id, on_outbox_written)
+        log.info("re-drove dead letter %s: task %s is pending again", stored.id, task.task_id)
+        return Redriven(id=stored.id, task_id=task.task_id)
     if command is None:
         await _requeue_raw(redis, broker, stored.id, stored.letter)
         ids = named_ids(stored.letter.body)
@@ -125,6 +141,13 @@ async def redrive(
         command.job_id,
     )
     return Redriven(id=stored.id, job_id=command.job_id, file_id=command.file_id)
+
+
+async def _forget(redis: Redis, letter_id: str, on_outbox_written: Callable[[], None]) -> None:
+    # Only after the commit: a crash before this leaves the letter, and a second re-drive of
+    # it answers 409 while the task is open again.
+    await redis.xdel(DEAD_STREAM, letter_id)
+    on_outbox_written()
 
 
 async def _get(redis: Redis, letter_id: str) -> StoredLetter:

@@ -1,4 +1,5 @@
-"""Re-driving a dead download on the record: its file (and job) reopened, its command queued."""
+"""Re-driving dead work on the record: a download's file (and job) reopened, or a task, and
+the command queued again in the same transaction."""
 
 from __future__ import annotations
 
@@ -8,7 +9,12 @@ from services.gateway.errors import CannotRedrive, FileNotFound, JobNotFound
 from services.gateway.jobs.commands import DOWNLOADS
 from services.gateway.jobs.lifecycle import lock_job
 from services.gateway.outbox import add_to_outbox
+from services.gateway.tasks.commands import queued_task
+from services.gateway.tasks.errors import TaskNotFound
+from services.gateway.tasks.records import OPEN_STATUSES
+from shared.consumer import ATTEMPT_HEADER
 from shared.statuses import FINAL_JOB_STATUSES, JobStatus
+from shared.task_types import TaskStatus
 
 if TYPE_CHECKING:
     import asyncpg
@@ -75,3 +81,39 @@ async def _reopen_file(connection: asyncpg.Connection, command: DownloadFile) ->
         " updated_at = now() WHERE id = $1",
         command.file_id,
     )
+
+
+async def reopen_task_for_redrive(
+    pool: asyncpg.Pool, task_id: str, *, headers: dict[str, str]
+) -> None:
+    """Make a dead (or failed) task pending again and queue its command, in one transaction.
+
+    Its attempts and error stay until the next outcome; the command carries the attempts made
+    so far, so its tries go on counting (the projection takes only later tries) and it gets
+    one more try past its last. Raises TaskNotFound (purged), or CannotRedrive for a task
+    that is cancelled, completed, or whose end is not recorded yet.
+    """
+    async with pool.acquire() as connection, connection.transaction():
+        row = await connection.fetchrow("SELECT * FROM tasks WHERE id = $1 FOR UPDATE", task_id)
+        if row is None:
+            raise TaskNotFound(task_id)
+        status = TaskStatus(row["status"])
+        if status in OPEN_STATUSES:
+            # Its TaskFailed is on its way to the tracker: reopening now would be undone by it.
+            raise CannotRedrive(f"task {task_id} is {status}; its end is not recorded yet")
+        if status not in (TaskStatus.DEAD, TaskStatus.FAILED):
+            raise CannotRedrive(f"task {task_id} is {status}; nothing to re-drive")
+        await connection.execute(
+            "UPDATE tasks SET status = 'pending', finished_at = NULL, updated_at = now()"
+            " WHERE id = $1",
+            task_id,
+        )
+        # The row's command, with its checkpoint where the area keeps one.
+        command = queued_task(row)
+        await add_to_outbox(
+            connection,
+            command.stream,
+            command.body,
+            headers={**headers, ATTEMPT_HEADER: str(row["attempts"])},
+            command_key=command.key,
+        )

@@ -16,8 +16,9 @@ if TYPE_CHECKING:
 class DeadLetterView(msgspec.Struct, frozen=True, kw_only=True):
     """One entry of `downlink:dead`.
 
-    `body` is the decoded DownloadFile where the letter carries one, else the raw body (a
-    poison message); `job_id`, `file_id` and `url` are filled in where the body names them.
+    `body` is the decoded DownloadFile or RunTask where the letter carries one, else the raw
+    body (a poison message); `job_id`, `file_id` and `url`, or `task_id` and `task`, are
+    filled in where the body names them.
     """
 
     id: Annotated[str, msgspec.Meta(description="the entry id on the dead-letter stream")]
@@ -32,6 +33,8 @@ class DeadLetterView(msgspec.Struct, frozen=True, kw_only=True):
     job_id: str | None = None
     file_id: str | None = None
     url: str | None = None
+    task_id: str | None = None
+    task: Annotated[str | None, msgspec.Meta(description="the task's registered name")] = None
 
 
 class DeadLetterListResponse(msgspec.Struct, frozen=True, kw_only=True):
@@ -50,6 +53,7 @@ class RetryResponse(msgspec.Struct, frozen=True, kw_only=True):
     status: Literal["requeued"]
     job_id: str | None = None
     file_id: str | None = None
+    task_id: str | None = None
 
 
 def letter_list_response(page: LetterPage) -> DeadLetterListResponse:
@@ -63,7 +67,11 @@ def letter_list_response(page: LetterPage) -> DeadLetterListResponse:
 
 def retry_response(redriven: Redriven) -> RetryResponse:
     return RetryResponse(
-        id=redriven.id, status="requeued", job_id=redriven.job_id, file_id=redriven.file_id
+        id=redriven.id,
+        status="requeued",
+        job_id=redriven.job_id,
+        file_id=redriven.file_id,
+        task_id=redriven.task_id,
     )
 
 
@@ -82,10 +90,14 @@ def _view(stored: StoredLetter) -> DeadLetterView:
             body="",
         )
     command = stored.command()
+    task = stored.task() if command is None else None
     body: dict[str, Any] | str
     if command is not None:
         body = msgspec.to_builtins(command)
         ids = {"job_id": command.job_id, "file_id": command.file_id, "url": command.url}
+    elif task is not None:
+        body = msgspec.to_builtins(task)
+        ids = {"task_id": task.task_id, "task": task.task}
     else:
         body = letter.body
         ids = named_ids(letter.body)
@@ -102,4 +114,6 @@ def _view(stored: StoredLetter) -> DeadLetterView:
         job_id=ids.get("job_id"),
         file_id=ids.get("file_id"),
         url=ids.get("url"),
+        task_id=ids.get("task_id"),
+        task=ids.get("task"),
     )

@@ -14,7 +14,6 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.params import (
     FromPath,
-    HeaderParameter,
     JSONBody,
     QueryParameter,
     SkipValidation,
@@ -27,12 +26,7 @@ from services.gateway.errors import FileNotFound, InvalidRequest, JobNotFound
 from services.gateway.executions.queries import job_owned_by
 from services.gateway.files import IfRangeHeader, RangeHeader, ranged_response
 from services.gateway.jobs.cancellation import announce_cancel
-from services.gateway.jobs.live import (
-    MAX_EVENT_ID,
-    draining,
-    job_event_stream,
-    parse_last_event_id,
-)
+from services.gateway.jobs.live import job_event_stream
 from services.gateway.jobs.queries import JobRepository
 from services.gateway.jobs.records import NewFile, NewJob
 from services.gateway.jobs.schemas import (
@@ -48,6 +42,7 @@ from services.gateway.jobs.schemas import (
     job_status_response,
     submit_response,
 )
+from services.gateway.live import AfterQuery, LastEventIdHeader, draining, resume_after
 from services.gateway.outbox import OutboxRelay
 from services.gateway.responses import PARTIAL, IdempotencyKey, PageNumber, PerPage, errors
 from shared.ids import FileId, JobId
@@ -195,25 +190,8 @@ class DownloadsController(Controller):
         current_user: NamedDependency[User],
         pool: NamedDependency[Pool],
         state: State,
-        last_event_id: Annotated[
-            str | None,
-            HeaderParameter(
-                name="Last-Event-ID",
-                description=(
-                    f"resume after this event id, 0 to {MAX_EVENT_ID} (EventSource sends it on "
-                    "reconnect); anything else answers 400"
-                ),
-            ),
-        ] = None,
-        after: Annotated[
-            int | None,
-            QueryParameter(
-                ge=0,
-                le=MAX_EVENT_ID,
-                description="resume after this event id (for clients without "
-                "headers); Last-Event-ID wins",
-            ),
-        ] = None,
+        last_event_id: LastEventIdHeader = None,
+        after: AfterQuery = None,
     ) -> ServerSentEvent:
         """The job's events as Server-Sent Events, in order, until the job ends.
 
@@ -225,12 +203,11 @@ class DownloadsController(Controller):
         job = JobId(str(job_id))
         if not await job_owned_by(pool, job, current_user):
             raise JobNotFound(job)
-        resume = parse_last_event_id(last_event_id)
         return ServerSentEvent(
             job_event_stream(
                 pool,
                 job,
-                after_id=resume if resume is not None else after or 0,
+                after_id=resume_after(last_event_id, after),
                 stopping=draining(state),
             )
         )

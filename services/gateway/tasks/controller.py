@@ -8,20 +8,33 @@ from uuid import UUID
 
 from asyncpg import Pool
 from litestar import Controller, Response, get, post, route
+from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.enums import HttpMethod
 from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.response import ServerSentEvent
 from opentelemetry import trace
 from redis.asyncio import Redis
 
 from services.gateway.auth import User
 from services.gateway.errors import InvalidRequest
+from services.gateway.live import AfterQuery, LastEventIdHeader, draining, resume_after
 from services.gateway.outbox import OutboxRelay
 from services.gateway.responses import IdempotencyKey, PageNumber, PerPage, errors
-from services.gateway.tasks.catalogue import check_arguments, task_type, task_types
-from services.gateway.tasks.queries import cancel_task, enqueue, get_task, list_tasks
-from services.gateway.tasks.records import NewTask, TaskStatus
+from services.gateway.tasks.errors import BatchItemRefused, BatchTooLarge
+from services.gateway.tasks.live import task_event_stream
+from services.gateway.tasks.queries import (
+    cancel_task,
+    enqueue,
+    enqueue_batch,
+    get_task,
+    list_tasks,
+)
+from services.gateway.tasks.records import NewTask
 from services.gateway.tasks.schemas import (
+    MAX_BATCH_TASKS,
+    BatchRequest,
+    BatchResponse,
     EnqueueRequest,
     EnqueueResponse,
     TaskCancelResponse,
@@ -35,8 +48,30 @@ from services.gateway.tasks.schemas import (
 )
 from shared.settings import Settings
 from shared.streams import TASK_CANCEL_CHANNEL, task_cancelled_key
+from shared.task_types import (
+    Catalogue,
+    TaskStatus,
+    TaskTypeError,
+    check_arguments,
+    task_types,
+)
 from shared.telemetry import trace_headers
 
+# Where this gateway keeps its Catalogue (one per process, shared by every request).
+_CATALOGUE_STATE_KEY = "downlink.tasks.catalogue"
+
+_BATCH_ERRORS = errors(
+    400,
+    404,
+    413,
+    422,
+    meaning={
+        404: "no live worker registered the task of an item; `detail` names it (`tasks[3].task`)",
+        413: "more than 1000 tasks, or an item's arguments over 1 MiB as JSON",
+        422: "an item's arguments do not match its task's signature; `detail` names the item and"
+        " the argument (`tasks[3].args.a`)",
+    },
+)
 _ENQUEUE_ERRORS = errors(
     400,
     404,
@@ -65,32 +100,56 @@ class TasksController(Controller):
         pool: NamedDependency[Pool],
         redis: NamedDependency[Redis],
         relay: NamedDependency[OutboxRelay],
+        state: State,
         idempotency_key: IdempotencyKey = None,
     ) -> EnqueueResponse:
         """Queue a task a live worker registered, its arguments checked against its signature."""
-        registered = await task_type(redis, data.task)
-        check_arguments(registered, data.args)
-        policy = registered.policy
-        new = NewTask(
-            user_id=current_user.id,
-            task=data.task,
-            queue=registered.queue,
-            args=data.args,
-            priority=data.priority or int(policy.get("priority", 5)),
-            run_at=_run_at(data),
-            idempotency_key=idempotency_key,
-            unique=bool(policy.get("unique", False)),
-        )
-        span_context = trace.get_current_span().get_span_context()
-        trace_id = format(span_context.trace_id, "032x") if span_context.is_valid else None
+        new = await _new_task(catalogue(state, redis), data, current_user, idempotency_key)
         async with pool.acquire() as connection, connection.transaction():
             enqueued = await enqueue(
-                connection, new, trace_id=trace_id, trace_headers=trace_headers()
+                connection, new, trace_id=_trace_id(), trace_headers=trace_headers()
             )
         if not enqueued.existing:
             relay.wake()
         trace.get_current_span().set_attribute("downlink.task_id", enqueued.task_id)
         return enqueue_response(enqueued)
+
+    @post(
+        "/batch",
+        status_code=202,
+        # 1000 tasks of a few KiB of arguments each; one task's own limit is still 1 MiB.
+        request_max_body_size=16 * 1024 * 1024,
+        responses=_BATCH_ERRORS,
+    )
+    async def enqueue_batch(
+        self,
+        *,
+        data: JSONBody[BatchRequest],
+        current_user: NamedDependency[User],
+        pool: NamedDependency[Pool],
+        redis: NamedDependency[Redis],
+        relay: NamedDependency[OutboxRelay],
+        state: State,
+    ) -> BatchResponse:
+        """Queue up to 1000 tasks in one transaction: all of them, or none when any is refused
+        (the error names it: `tasks[3].args.a: ...`). The answers are in the order given."""
+        if len(data.tasks) > MAX_BATCH_TASKS:
+            raise BatchTooLarge(len(data.tasks), MAX_BATCH_TASKS)
+        types = catalogue(state, redis)
+        news: list[NewTask] = []
+        for index, item in enumerate(data.tasks):
+            try:
+                news.append(await _new_task(types, item, current_user, item.idempotency_key))
+            except TaskTypeError as exc:
+                raise BatchItemRefused(index, exc) from None
+        async with pool.acquire() as connection, connection.transaction():
+            enqueued = await enqueue_batch(
+                connection, news, trace_id=_trace_id(), trace_headers=trace_headers()
+            )
+        if not all(e.existing for e in enqueued):
+            relay.wake()
+        trace.get_current_span().set_attribute("downlink.task_count", len(enqueued))
+        return BatchResponse(tasks=[enqueue_response(e) for e in enqueued])
 
     @route("/", http_method=HttpMethod.OPTIONS, include_in_schema=False)
     async def allowed_methods(self) -> Response[None]:
@@ -136,6 +195,35 @@ class TasksController(Controller):
         """Status, tries, progress, result or error (with traceback), worker and trace id."""
         return task_response(await get_task(pool, current_user.id, str(task_id)))
 
+    @get("/{task_id:uuid}/events", responses=errors(400, 404))
+    async def task_events(
+        self,
+        *,
+        task_id: FromPath[UUID],
+        current_user: NamedDependency[User],
+        pool: NamedDependency[Pool],
+        state: State,
+        last_event_id: LastEventIdHeader = None,
+        after: AfterQuery = None,
+    ) -> ServerSentEvent:
+        """The task's life as Server-Sent Events until it ends: `task.attempt` (each try as it
+        starts and ends), `task.progress`, `task.status`, then `task.finished` with the result
+        or error (the task as GET /tasks/{task_id} shows it).
+
+        A resumed stream (Last-Event-ID) starts with the task's current state, then goes on.
+        """
+        task = str(task_id)
+        await get_task(pool, current_user.id, task)  # another user's task: 404, before the 200
+        return ServerSentEvent(
+            task_event_stream(
+                pool,
+                current_user.id,
+                task,
+                after_id=resume_after(last_event_id, after),
+                stopping=draining(state),
+            )
+        )
+
     @post(
         "/{task_id:uuid}/cancel",
         status_code=200,
@@ -178,7 +266,40 @@ class TaskTypesController(Controller):
         return task_types_response(await task_types(redis))
 
 
+async def _new_task(
+    types: Catalogue, data: EnqueueRequest, user: User, idempotency_key: str | None
+) -> NewTask:
+    """The task to write, checked against its registered type (UnknownTaskType, 422, 413)."""
+    registered = await types.task_type(data.task)
+    check_arguments(registered, data.args)
+    policy = registered.policy
+    return NewTask(
+        user_id=user.id,
+        task=data.task,
+        queue=registered.queue,
+        args=data.args,
+        priority=data.priority or int(policy.get("priority", 5)),
+        run_at=_run_at(data),
+        idempotency_key=idempotency_key,
+        unique=bool(policy.get("unique", False)),
+    )
+
+
+def _trace_id() -> str | None:
+    span_context = trace.get_current_span().get_span_context()
+    return format(span_context.trace_id, "032x") if span_context.is_valid else None
+
+
 def _run_at(data: EnqueueRequest) -> datetime | None:
     if data.defer_s:
         return datetime.now(UTC) + timedelta(seconds=data.defer_s)
     return data.run_at
+
+
+def catalogue(state: State, redis: Redis) -> Catalogue:
+    """This gateway's Catalogue, made on first use and kept in the application's state."""
+    found = state.get(_CATALOGUE_STATE_KEY)
+    if not isinstance(found, Catalogue):
+        found = Catalogue(redis)
+        state[_CATALOGUE_STATE_KEY] = found
+    return found

@@ -10,10 +10,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 
-from services.gateway.tasks.records import TaskStatus
+from shared.task_types import TaskStatus
 
 if TYPE_CHECKING:
-    from services.gateway.tasks.records import EnqueuedTask, TaskPage, TaskRecord, TaskType
+    from services.gateway.tasks.records import EnqueuedTask, TaskPage, TaskRecord
+    from shared.task_types import TaskType
 
 TaskName = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 # At most a year ahead: a later run_at is more likely a unit mistake than a plan.
@@ -39,6 +40,25 @@ class EnqueueRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
             raise ValueError("run_at: give a time zone (e.g. 2026-01-01T12:00:00Z)")
 
 
+# What one POST /api/v1/tasks/batch may hold; a larger list answers 413 (split it).
+MAX_BATCH_TASKS = 1000
+
+
+class BatchTask(EnqueueRequest, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One task of a batch: as POST /api/v1/tasks takes it, with its own Idempotency key."""
+
+    idempotency_key: (
+        Annotated[str, msgspec.Meta(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f]+$")]
+        | None
+    ) = None
+
+
+class BatchRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Tasks to queue together: all of them, or (any one invalid) none."""
+
+    tasks: Annotated[list[BatchTask], msgspec.Meta(min_length=1)]
+
+
 class EnqueueResponse(msgspec.Struct, frozen=True, kw_only=True):
     """202 answer: the task (new, or the one the Idempotency-Key or uniqueness named)."""
 
@@ -46,6 +66,12 @@ class EnqueueResponse(msgspec.Struct, frozen=True, kw_only=True):
     status: TaskStatus
     queue_position: int
     message: str
+
+
+class BatchResponse(msgspec.Struct, frozen=True, kw_only=True):
+    """202 answer of a batch: one entry per task given, in the same order."""
+
+    tasks: list[EnqueueResponse]
 
 
 class TaskProgressView(msgspec.Struct, frozen=True, kw_only=True):
@@ -73,6 +99,7 @@ class TaskResponse(msgspec.Struct, frozen=True, kw_only=True):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    parent_id: str | None = None  # the task whose ctx.enqueue queued this one
 
 
 class TaskListResponse(msgspec.Struct, frozen=True, kw_only=True):
@@ -139,6 +166,7 @@ def task_response(record: TaskRecord) -> TaskResponse:
         created_at=record.created_at,
         started_at=record.started_at,
         finished_at=record.finished_at,
+        parent_id=record.parent_id,
     )
 
 
