@@ -7,13 +7,66 @@
         ctx.progress(0, 1, "resizing")
         ...
 
-Run them with `downlink worker --tasks myapp.tasks`, enqueue them with POST /api/v1/tasks.
-A thin facade: the machinery lives in services.tasks and shared.
+Run them with `downlink worker --tasks myapp.tasks`; enqueue them and follow them with
+`Client` (asyncio) or `SyncClient` (docs/client.md), or over HTTP (POST /api/v1/tasks).
+A thin facade: the machinery lives in services.tasks and shared, the client in downlink.client.
 """
 
 from __future__ import annotations
 
+from downlink.client import (
+    Client,
+    Conflict,
+    ConnectionFailed,
+    DownlinkError,
+    ExportFailedError,
+    Forbidden,
+    Invalid,
+    JobHandle,
+    NotFound,
+    SyncClient,
+    SyncJobHandle,
+    SyncTaskHandle,
+    TaskCancelledError,
+    TaskFailedError,
+    TaskHandle,
+    TooLarge,
+    Unauthorized,
+    Unavailable,
+)
+from downlink.client.models import Job, JobProgress, JobResult, StoredFile, Task, TaskPage, TaskType
 from services.tasks.context import Context
 from services.tasks.definitions import Permanent, TaskDefinition, TaskPolicy, task
 
-__all__ = ["Context", "Permanent", "TaskDefinition", "TaskPolicy", "task"]
+__all__ = [
+    "Client",
+    "Conflict",
+    "ConnectionFailed",
+    "Context",
+    "DownlinkError",
+    "ExportFailedError",
+    "Forbidden",
+    "Invalid",
+    "Job",
+    "JobHandle",
+    "JobProgress",
+    "JobResult",
+    "NotFound",
+    "Permanent",
+    "StoredFile",
+    "SyncClient",
+    "SyncJobHandle",
+    "SyncTaskHandle",
+    "Task",
+    "TaskCancelledError",
+    "TaskDefinition",
+    "TaskFailedError",
+    "TaskHandle",
+    "TaskPage",
+    "TaskPolicy",
+    "TaskType",
+    "TooLarge",
+    "Unauthorized",
+    "Unavailable",
+    "task",
+]

@@ -192,7 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MODULE",
         help="a module of @task functions (default: the downlink.tasks entry points installed)",
     )
-    worker.add_argument("--queue", default="default", help="the queue to run (default: default)")
+    worker.add_argument(
+        "--queue",
+        "--queue-name",  # arq's spelling, so an arq worker's command line works unchanged
+        dest="queue",
+        default="default",
+        help="the queue to run (default: default)",
+    )
     worker.add_argument("--max-jobs", type=int, default=10, help="tasks run at once (default 10)")
     worker.add_argument(
         "--job-timeout",
@@ -209,9 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(stack)
     stack.set_defaults(func=_stack)
 
+    from services.cli_tasks import add_task_commands
     from services.client import add_client_commands
 
     add_client_commands(commands, _client)
+    add_task_commands(commands)
     return parser
 
 

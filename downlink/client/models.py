@@ -1,0 +1,189 @@
+"""What the gateway answers, as the client reads it: typed Structs of the HTTP API (v1).
+
+They mirror the gateway's response bodies but tolerate fields they do not know, and give
+defaults to the optional ones, so a newer gateway does not break an older client.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+import msgspec
+
+from shared.statuses import ExportStatus, FileStatus, JobStatus
+from shared.task_types import TaskStatus
+
+ArchiveFormat = Literal["zip", "tar.gz"]
+
+# --- tasks ----------------------------------------------------------------------------------
+
+
+class Enqueued(msgspec.Struct, frozen=True, kw_only=True):
+    """The 202 answer to an enqueue (also to a repeated Idempotency-Key)."""
+
+    task_id: str
+    status: TaskStatus
+    queue_position: int
+    message: str = ""
+
+
+class TaskProgress(msgspec.Struct, frozen=True, kw_only=True):
+    done: float
+    total: float | None = None
+    message: str = ""
+
+
+class Task(msgspec.Struct, frozen=True, kw_only=True):
+    """GET /api/v1/tasks/{task_id}: where the task is, its tries, progress, result or error.
+
+    `error` holds the worker's message, a blank line, then its traceback.
+    """
+
+    task_id: str
+    task: str
+    queue: str
+    status: TaskStatus
+    priority: int
+    args: dict[str, Any]
+    attempts: int
+    run_at: datetime
+    created_at: datetime
+    progress: TaskProgress | None = None
+    result: Any = None
+    error: str | None = None
+    worker: str | None = None
+    trace_id: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class TaskPage(msgspec.Struct, frozen=True, kw_only=True):
+    tasks: list[Task]
+    page: int
+    per_page: int
+    total: int
+
+
+class TaskType(msgspec.Struct, frozen=True, kw_only=True):
+    """A task a live worker can run: its queue, policy and the JSON schema of its arguments."""
+
+    name: str
+    queue: str
+    policy: dict[str, Any] = {}
+    args_schema: dict[str, Any] = {}
+
+
+class TaskTypeList(msgspec.Struct, frozen=True, kw_only=True):
+    task_types: list[TaskType]
+
+
+class EnqueuedBatch(msgspec.Struct, frozen=True, kw_only=True):
+    tasks: list[Enqueued]
+
+
+class TaskCancelled(msgspec.Struct, frozen=True, kw_only=True):
+    task_id: str
+    status: TaskStatus
+
+
+# --- downloads ------------------------------------------------------------------------------
+
+
+class Submitted(msgspec.Struct, frozen=True, kw_only=True):
+    """The 202 answer to a download job."""
+
+    job_id: str
+    status: JobStatus
+    created_at: datetime
+    queue_position: int
+    estimated_time: float | None = None
+    message: str = ""
+
+
+class JobProgress(msgspec.Struct, frozen=True, kw_only=True):
+    """File counts and bytes of one job; what `JobHandle.wait(progress=...)` is called with."""
+
+    total: int
+    completed: int
+    failed: int
+    percentage: float
+    bytes_downloaded: int
+    current_file: str | None = None
+
+    @property
+    def done(self) -> int:
+        """Files that ended, stored or failed."""
+        return self.completed + self.failed
+
+
+class Job(msgspec.Struct, frozen=True, kw_only=True):
+    """GET /api/v1/downloads/jobs/{job_id}: status and progress."""
+
+    job_id: str
+    status: JobStatus
+    priority: int
+    created_at: datetime
+    updated_at: datetime
+    progress: JobProgress
+    metadata: dict[str, Any] = {}
+    error: str | None = None
+
+
+class StoredFile(msgspec.Struct, frozen=True, kw_only=True):
+    """One file of a job; `hash` is the hex SHA-256 of the stored bytes."""
+
+    file_id: str
+    url: str
+    status: FileStatus
+    filepath: str | None = None
+    filename: str | None = None
+    size: int | None = None
+    hash: str | None = None
+    downloaded_at: datetime | None = None
+    error: str | None = None
+    artifacts: dict[str, Any] | None = None
+
+
+class ResultSummary(msgspec.Struct, frozen=True, kw_only=True):
+    total_requested: int
+    successful: int
+    failed: int
+    total_size: int
+
+
+class JobExportRef(msgspec.Struct, frozen=True, kw_only=True):
+    export_id: str
+    status: ExportStatus
+    download_url: str | None = None
+
+
+class JobResult(msgspec.Struct, frozen=True, kw_only=True):
+    """GET /api/v1/downloads/jobs/{job_id}/result: every file with where it is stored."""
+
+    job_id: str
+    status: JobStatus
+    results: list[StoredFile]
+    summary: ResultSummary
+    export: JobExportRef | None = None
+    composites: list[dict[str, Any]] = []
+
+
+class ExportCreated(msgspec.Struct, frozen=True, kw_only=True):
+    export_id: str
+    status: ExportStatus
+    file_count: int = 0
+    total_bytes: int = 0
+
+
+class Export(msgspec.Struct, frozen=True, kw_only=True):
+    """GET /api/v1/downloads/exports/{export_id}; `size` and `hash` once it is ready."""
+
+    export_id: str
+    status: ExportStatus
+    format: ArchiveFormat
+    file_count: int
+    size: int | None = None
+    hash: str | None = None
+    download_url: str | None = None
+    error: str | None = None
