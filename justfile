@@ -61,3 +61,7 @@ bench: _venv
 bench-pipeline *ARGS: _venv
     bash bench/pipeline/setup.sh
     bench/.venvs/peers/bin/python bench/pipeline {{ ARGS }}
+
+# Downlink's task worker beside arq and Celery (JSON; see bench/README.md, "Tasks").
+bench-tasks *ARGS: _venv
+    bash bench/pipeline/setup.sh && bench/.venvs/peers/bin/python bench/tasks {{ ARGS }}

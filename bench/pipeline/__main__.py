@@ -14,21 +14,17 @@ See bench/README.md.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
-import json
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
-import asyncpg
 import references
 from fileserver import FileServer
-from processes import ThrowawayRedis
-from report import scenario_summary, summary
+from isolation import add_world_options, run_isolated
+from report import emit, scenario_summary, summary
 from workloads import (
     FULL,
     KIB,
@@ -42,7 +38,6 @@ from workloads import (
 )
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
 QUEUES = ("downlink", "celery", "arq", "taskiq")
 REFERENCES = ("curl", "aria2c")
 REFERENCE_WORKLOADS = ("small", "large")  # a bare transfer tool tells little about 1 KiB jobs
@@ -82,30 +77,10 @@ def _parse() -> argparse.Namespace:
         default=0,
         help="pollers scenario: each client waits this long after an answer (default 0: flat out)",
     )
-    parser.add_argument("--reps", type=int, help="timed reps per run (default 3; --quick: 1)")
     parser.add_argument(
         "--warmup", type=int, help=f"warm-up files (default {WARMUP.count}; --quick: 20)"
     )
-    parser.add_argument(
-        "--work-dir",
-        type=Path,
-        default=Path("/tmp/downlink-bench"),
-        help="test files (kept between sittings), outputs, logs",
-    )
-    parser.add_argument("--venvs", type=Path, default=REPO / "bench" / ".venvs")
-    parser.add_argument("--downlink-python", default=str(REPO / ".venv" / "bin" / "python"))
-    parser.add_argument(
-        "--downlink-src",
-        type=Path,
-        default=REPO,
-        help="the checkout Downlink runs from (e.g. a git worktree)",
-    )
-    parser.add_argument(
-        "--postgres",
-        default="postgresql://postgres@127.0.0.1:5432",
-        help="PostgreSQL server; each run gets its own database on it",
-    )
-    parser.add_argument("--output", type=Path, help="also write the JSON lines to this file")
+    add_world_options(parser, Path("/tmp/downlink-bench"))
     args = parser.parse_args()
     table = QUICK if args.quick else FULL
     scenarios = SCENARIOS_QUICK if args.quick else SCENARIOS_FULL
@@ -133,17 +108,6 @@ def _names(given: str | None, other: str | None, table: dict[str, Any]) -> list[
     return [] if given == "none" else given.split(",")
 
 
-async def _database(server: str, name: str, create: bool) -> None:
-    connection = await asyncpg.connect(f"{server}/postgres")
-    try:
-        if create:
-            await connection.execute(f'CREATE DATABASE "{name}"')
-        else:
-            await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await connection.close()
-
-
 def _isolated(
     label: str,
     script: str,
@@ -155,48 +119,31 @@ def _isolated(
     **extra: Any,
 ) -> dict[str, Any]:
     """Run one runner script in its venv, with its own Redis, database and output folder."""
-    python = args.venvs / venv / "bin" / "python"
-    if not python.exists():
-        raise RuntimeError(f"{python} is missing: run bench/pipeline/setup.sh")
-    database = f"bench_{label.rsplit('-', 1)[-1]}_{uuid.uuid4().hex[:8]}"
     work = args.work_dir / "runs" / label
-    asyncio.run(_database(args.postgres, database, create=True))
-    try:
-        with ThrowawayRedis(work / "redis") as redis:
-            config = {
-                "workload": workload.to_json(),
-                "www": str(args.work_dir / "www"),
-                "base_url": server.base_url,
-                "redis_url": redis.url,
-                "redis_pid": redis.pid,
-                "nginx_pid": server.pid,
-                "database_url": f"{args.postgres}/{database}",
-                "database": database,
-                "out_dir": str(work / "out"),
-                "log_path": str(args.work_dir / "logs" / f"{label}.log"),
-                "reps": args.reps,
-                "warmup": args.warmup,
-                "extra": {
-                    "downlink_python": args.downlink_python,
-                    "downlink_src": str(args.downlink_src),
-                    **extra,
-                },
-            }
-            budget_s = budget_s or 600 + args.reps * (120 + workload.count / 10 + workload.mib / 20)
-            done = subprocess.run(
-                [str(python), str(HERE / script), json.dumps(config)],
-                cwd=HERE,
-                stdout=subprocess.PIPE,
-                text=True,
-                timeout=budget_s,
-                check=False,
-            )
-    finally:
-        asyncio.run(_database(args.postgres, database, create=False))
-    if done.returncode:
-        raise RuntimeError(f"{script} exited with {done.returncode} (its stderr is above)")
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
+    config = {
+        "workload": workload.to_json(),
+        "www": str(args.work_dir / "www"),
+        "base_url": server.base_url,
+        "nginx_pid": server.pid,
+        "out_dir": str(work / "out"),
+        "log_path": str(args.work_dir / "logs" / f"{label}.log"),
+        "reps": args.reps,
+        "warmup": args.warmup,
+        "extra": {
+            "downlink_python": args.downlink_python,
+            "downlink_src": str(args.downlink_src),
+            **extra,
+        },
+    }
+    return run_isolated(
+        label=label,
+        python=args.venvs / venv / "bin" / "python",
+        script=HERE / script,
+        postgres=args.postgres,
+        work=work,
+        config=config,
+        budget_s=budget_s or 600 + args.reps * (120 + workload.count / 10 + workload.mib / 20),
+    )
 
 
 def scenario_files(name: str, params: dict[str, int]) -> Workload:
@@ -253,11 +200,6 @@ def _run(
         print(f"   {system} took {time.monotonic() - started:.0f} s", file=sys.stderr)
 
 
-def _emit(result: dict[str, Any], output: TextIO | None, indent: int | None = None) -> None:
-    for stream in filter(None, (sys.stdout, output)):
-        print(json.dumps(result, indent=indent), file=stream, flush=True)
-
-
 def main() -> int:
     args = _parse()
     www = args.work_dir / "www"
@@ -276,14 +218,14 @@ def main() -> int:
                 if system in REFERENCES and workload.name not in REFERENCE_WORKLOADS:
                     continue
                 results.append(_run(system, workload, args, server))
-                _emit(results[-1], output)
+                emit(results[-1], output)
         for name, params in args.scenario_list.items():
             scenarios.append(_scenario(name, params, args, server))
-            _emit(scenarios[-1], output)
+            emit(scenarios[-1], output)
         final = summary(results) if results else {}
         if scenarios:
             final["scenarios"] = scenario_summary(scenarios)
-        _emit(final, output, indent=2)
+        emit(final, output, indent=2)
     return 1 if any("failed" in r for r in results + scenarios) else 0
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 from meter import Families, Meter, per_file_us
-from peer_runner import CONCURRENCY, POLL_S, Run
+from peer_runner import CONCURRENCY, POLL_S, Run, World
 from processes import free_port, stop
 from report import run_result, spread
 from workloads import WARMUP, TestFile, Workload, make_files, warm_page_cache
@@ -32,7 +32,7 @@ POLL_PROBES = 200
 SERVICE_WORDS = ("gateway", "downloader", "processor", "exporter", "stack")
 
 
-def downlink_env(run: Run, port: int) -> dict[str, str]:
+def downlink_env(run: World, port: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DOWNLINK_", "OTEL_"))}
     src = run.extra["downlink_src"]
     return {
@@ -51,10 +51,12 @@ def downlink_env(run: Run, port: int) -> dict[str, str]:
 
 
 class Stack:
-    """`downlink stack` as our own child process, with a token of its own."""
+    """A Downlink command (`downlink stack` by default) as our own child process, with a token
+    of its own; `launch` starts more of them (e.g. a task worker) on the same settings."""
 
-    def __init__(self, run: Run) -> None:
+    def __init__(self, run: World, command: tuple[str, ...] = ("stack",)) -> None:
         self.run = run
+        self.command = command
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.env = downlink_env(run, self.port)
@@ -75,25 +77,32 @@ class Stack:
             raise RuntimeError(f"downlink {' '.join(args)} failed: {done.stderr[-2000:]}")
         return done.stdout
 
-    def start(self) -> str:
-        """Migrate, make a token, start the stack and wait for /ready; returns the token."""
-        self._cli("migrate")
-        token = self._cli("token", "create", "bench").split()[-1]
-        self.run.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.run.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                [*self.cli, "stack"],
-                env=self.env,
+    def launch(
+        self, args: tuple[str, ...], log_path: Path, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """`downlink ARGS` in its own session, its output in `log_path`; `env` added."""
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("wb") as log:
+            return subprocess.Popen(
+                [*self.cli, *args],
+                env={**self.env, **(env or {})},
                 cwd=self.run.extra["downlink_src"],
                 stdout=log,
                 stderr=log,
                 start_new_session=True,
             )
+
+    def start(self) -> str:
+        """Migrate, make a token, start the command and wait for /ready; returns the token."""
+        self._cli("migrate")
+        token = self._cli("token", "create", "bench").split()[-1]
+        self.process = self.launch(self.command, self.run.log_path)
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(
-                    f"downlink stack exited with {self.process.returncode}; see {self.run.log_path}"
+                    f"downlink {self.command[0]} exited with {self.process.returncode}; "
+                    f"see {self.run.log_path}"
                 )
             try:
                 if (

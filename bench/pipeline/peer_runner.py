@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 import asyncpg
 from meter import Families, Meter, per_file_us
@@ -34,16 +34,13 @@ CREATE = (
 HERE = Path(__file__).resolve().parent
 
 
-@dataclass
-class Run:
-    """What the orchestrator hands a runner (as JSON on argv[1])."""
+@dataclass(kw_only=True)
+class World:
+    """What the orchestrator hands every runner (as JSON on argv[1]): its own Redis, database,
+    folders and reps; see isolation.py."""
 
-    workload: Workload
-    www: Path
-    base_url: str
     redis_url: str
     redis_pid: int
-    nginx_pid: int
     database_url: str
     database: str
     out_dir: Path
@@ -53,12 +50,30 @@ class Run:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_argv(cls) -> Run:
-        data = json.loads(sys.argv[1])
-        data["workload"] = Workload.from_json(data["workload"])
-        for key in ("www", "out_dir", "log_path"):
-            data[key] = Path(data[key])
-        return cls(**data)
+    def from_argv(cls) -> Self:
+        return cls(**cls.decode(json.loads(sys.argv[1])))
+
+    @classmethod
+    def decode(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """The JSON's values as the fields' types."""
+        return {**data, "out_dir": Path(data["out_dir"]), "log_path": Path(data["log_path"])}
+
+
+@dataclass(kw_only=True)
+class Run(World):
+    """A download run: the workload's files, and the file server they are served from."""
+
+    workload: Workload
+    www: Path
+    base_url: str
+    nginx_pid: int
+
+    @classmethod
+    def decode(cls, data: dict[str, Any]) -> dict[str, Any]:
+        decoded = super().decode(data)
+        decoded["workload"] = Workload.from_json(data["workload"])
+        decoded["www"] = Path(data["www"])
+        return decoded
 
     def timeout_s(self) -> float:
         # Bounded, yet roomy for the slowest system: 10 files/s, or 20 MiB/s.
@@ -77,7 +92,7 @@ class Peer(Protocol):
     def versions(self) -> dict[str, str]: ...
 
 
-def worker_env(run: Run) -> dict[str, str]:
+def worker_env(run: World) -> dict[str, str]:
     """What a worker process reads (see each peer module's worker side)."""
     return {
         **os.environ,
@@ -88,17 +103,21 @@ def worker_env(run: Run) -> dict[str, str]:
     }
 
 
-async def _wait_rows(
-    pg: asyncpg.Connection, want: int, worker: subprocess.Popen[bytes], run: Run
+async def wait_rows(
+    pg: asyncpg.Connection,
+    want: int,
+    worker: subprocess.Popen[bytes],
+    run: World,
+    timeout_s: float,
+    query: str = f"SELECT count(*) FROM {TABLE}",
 ) -> None:
-    deadline = time.monotonic() + run.timeout_s()
-    while (have := await pg.fetchval(f"SELECT count(*) FROM {TABLE}")) < want:
+    """Poll `query` (a count) every POLL_S until it reaches `want`; fail if the worker dies."""
+    deadline = time.monotonic() + timeout_s
+    while (have := await pg.fetchval(query)) < want:
         if worker.poll() is not None:
             raise RuntimeError(f"worker exited with {worker.returncode}; see {run.log_path}")
         if time.monotonic() > deadline:
-            raise TimeoutError(
-                f"{have} of {want} rows after {run.timeout_s():.0f} s; see {run.log_path}"
-            )
+            raise TimeoutError(f"{have} of {want} rows after {timeout_s:.0f} s; see {run.log_path}")
         await asyncio.sleep(POLL_S)
 
 
@@ -139,7 +158,7 @@ async def _reps(
         started = time.perf_counter()
         ids = [await peer.submit(f.url) for f in files]
         submitted = time.perf_counter()
-        await _wait_rows(pg, len(files), worker, run)
+        await wait_rows(pg, len(files), worker, run, run.timeout_s())
         seconds.append(time.perf_counter() - started)
         cpu.append(per_file_us(meter.stop(), len(files)))
         submit_s.append(submitted - started)
@@ -172,7 +191,7 @@ async def measure(peer: Peer, run: Run) -> dict[str, Any]:
         )
         for f in warm:
             await peer.submit(f.url)
-        await _wait_rows(pg, len(warm), worker, run)
+        await wait_rows(pg, len(warm), worker, run, run.timeout_s())
         families = Families(
             trees={"worker": worker.pid, "redis": run.redis_pid, "nginx": run.nginx_pid},
             database=run.database,

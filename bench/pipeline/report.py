@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import statistics
-from typing import Any
+import sys
+from typing import Any, TextIO
 
 
 def spread(values: list[float], digits: int = 1) -> dict[str, float]:
@@ -14,6 +16,12 @@ def spread(values: list[float], digits: int = 1) -> dict[str, float]:
         "max": round(max(values), digits),
         "n": len(values),
     }
+
+
+def emit(result: dict[str, Any], output: TextIO | None, indent: int | None = None) -> None:
+    """One JSON result on stdout, and in `output` too when given."""
+    for stream in filter(None, (sys.stdout, output)):
+        print(json.dumps(result, indent=indent), file=stream, flush=True)
 
 
 def run_result(
