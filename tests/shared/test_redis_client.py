@@ -1,0 +1,21 @@
+"""The shared Redis client under more concurrent commands than it has connections."""
+
+from __future__ import annotations
+
+import asyncio
+
+from shared.redis_client import MAX_CONNECTIONS, open_redis
+
+
+async def test_more_concurrent_commands_than_connections_wait_instead_of_failing(
+    redis_url: str,
+) -> None:
+    # A task worker with --max-jobs 256 has this many commands in flight at once; redis-py's
+    # default pool failed those past 100 with MaxConnectionsError.
+    async with open_redis(redis_url) as redis:
+        # A BLPOP on an empty list holds its connection for its timeout without holding the
+        # server, so every command needs a connection of its own at the same time.
+        answers = await asyncio.gather(
+            *(redis.blpop(["downlink:test:empty"], timeout=0.2) for _ in range(3 * MAX_CONNECTIONS))
+        )
+    assert answers == [None] * (3 * MAX_CONNECTIONS)
