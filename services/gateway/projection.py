@@ -25,6 +25,10 @@ ApplyOne = Callable[["asyncpg.Connection", Any], Awaitable[bool]]
 # (connection, event) -> whether the event's subject is on record, locked for the rest of the
 # transaction (an event naming nothing on record changes nothing).
 Lock = Callable[["asyncpg.Connection", Any], Awaitable[bool]]
+# (connection, a batch's events of the types that share it) -> the ids of those whose subject
+# is on record, every subject locked in one statement, in id order, for the rest of the
+# transaction.
+LockAll = Callable[["asyncpg.Connection", Sequence[Any]], Awaitable[Collection[str]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +41,11 @@ class Projector:
         lock: locks an event's subject first; None (events of a job) when the template's lock of
             the batch's jobs serves: locking the job serialises the events of one job and takes
             the locks in cancellation's order (job, then files).
+        lock_all: locks the subjects of a whole batch at once, before its first wave, for the
+            event types that share it: one statement instead of one per event, and the rows in
+            id order, so two trackers locking overlapping sets cannot deadlock. `lock` then
+            serves only the events whose subject it did not find (one queued earlier in the
+            batch).
         claimed: whether the event's id is recorded in `processed_events`; False for progress,
             which is idempotent by itself and far too frequent to keep a row per event.
         writes_outbox: whether applying it may queue outgoing rows (a job's end, processing
@@ -45,6 +54,7 @@ class Projector:
 
     apply: Apply
     lock: Lock | None = None
+    lock_all: LockAll | None = None
     claimed: bool = True
     writes_outbox: bool = False
 
