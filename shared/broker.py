@@ -39,22 +39,25 @@ class EventPublisher(Protocol):
 
 
 class Frames:
-    """Frames bodies as FastStream does, each under a publish span carried in its headers.
+    """Frames bodies as FastStream does, with the trace context carried in their headers.
 
     FastStream's own publish costs ~180 µs of CPU per message here (its middleware stack);
-    this is the same frame and the same span for a fraction, so the busiest writers (the
+    this is the same frame (and span, for a batch) for a fraction, so the busiest writers (the
     relay, the workers' events) use it and pipeline the XADDs themselves.
     """
 
     def __init__(self, tracer_provider: TracerProvider | None = None) -> None:
         self._tracer = trace.get_tracer("downlink.publisher", tracer_provider=tracer_provider)
 
-    async def frame(
-        self, stream: str, body: bytes, *, correlation_id: str, headers: Mapping[str, str] = {}
-    ) -> bytes:
-        """The frame of `body` for `stream`; its traceparent is a new publish span, a child
-        of the current context."""
-        return (await self.frames(stream, [(body, correlation_id)], headers=headers))[0]
+    async def frame(self, body: bytes, *, correlation_id: str) -> bytes:
+        """The frame of `body`; its traceparent is the current context, with no span of its
+        own: a worker's event is a fact of the consumer span that publishes it, and a publish
+        span per event only added CPU (about a fifth of a no-op task's)."""
+        headers = {"content-type": "application/json"}
+        propagate.inject(headers)
+        return await BinaryMessageFormatV1.encode(
+            message=body, reply_to=None, headers=headers, correlation_id=correlation_id
+        )
 
     async def frames(
         self,
@@ -101,9 +104,7 @@ class BrokerPublisher:
         self._events: RoundTrips[bytes, None] = RoundTrips(self._add_events)
 
     async def publish(self, event: Event | ExportEvent | TaskEvent) -> None:
-        frame = await self._frames.frame(
-            EVENTS_STREAM, msgspec.json.encode(event), correlation_id=event.event_id
-        )
+        frame = await self._frames.frame(msgspec.json.encode(event), correlation_id=event.event_id)
         await self._events.submit(frame)
 
     async def send(self, command: Command, stream: str) -> None:

@@ -471,11 +471,14 @@ class TaskSucceeded(TaskEvent, tag="task.succeeded", frozen=True):
         result: the return value (None for a task that returns nothing).
         attempt: the try that succeeded.
         worker: consumer name of the worker.
+        started_at: when this try began, for a task that ended before its TaskStarted was
+            due (fast tasks send no start event); None when one was sent.
     """
 
     result: Any = None
     attempt: int = 1
     worker: str = ""
+    started_at: float | None = None
 
 
 class TaskRetrying(TaskEvent, tag="task.retrying", frozen=True):

@@ -1,4 +1,8 @@
-"""Cancelled tasks: a queued or reclaimed run of one is skipped, a running one aborted."""
+"""Cancelled tasks: a queued or reclaimed run of one is skipped, a running one aborted.
+
+What this watcher heard on the cancel channel answers at once; a try that starts still reads
+the task's cancel flag (services.tasks.starts), for cancels sent before the worker listened.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from typing import TYPE_CHECKING
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from shared.errors import JobCancelled
-from shared.streams import TASK_CANCEL_CHANNEL, task_cancelled_key
+from shared.streams import TASK_CANCEL_CHANNEL
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -30,12 +34,8 @@ class TaskCancellations:
         self._runs: defaultdict[str, set[asyncio.Task[object]]] = defaultdict(set)
         self._cancelled: OrderedDict[str, None] = OrderedDict()
 
-    async def is_cancelled(self, task_id: str) -> bool:
-        if task_id in self._cancelled:
-            return True
-        return bool(await self._redis.exists(task_cancelled_key(task_id)))
-
     def knows_cancelled(self, task_id: str) -> bool:
+        """Whether a cancel of the task was heard here (no Redis asked)."""
         return task_id in self._cancelled
 
     @contextlib.asynccontextmanager

@@ -12,13 +12,8 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from services.tasks.context import FollowUpType, InvalidArguments, UnknownTask
-from shared.task_types import (
-    ArgumentsTooLarge,
-    Catalogue,
-    TaskType,
-    UnknownTaskType,
-    check_arguments,
-)
+from shared.task_catalogue import Catalogue
+from shared.task_types import ArgumentsTooLarge, TaskType, UnknownTaskType, check_arguments
 from shared.task_types import InvalidArguments as ArgumentsMismatch
 
 if TYPE_CHECKING:

@@ -26,7 +26,7 @@ from opentelemetry import trace
 from services.tasks.context import CheckpointStore, Context, TaskTypes
 from services.tasks.definitions import DEFAULT_TIMEOUT_S
 from shared.errors import JobCancelled, PermanentError, TransientError
-from shared.events import TaskFailed, TaskRetrying, TaskStarted, TaskSucceeded
+from shared.events import TaskCheckpointed, TaskFailed, TaskRetrying, TaskStarted, TaskSucceeded
 from shared.ids import new_event_id
 
 if TYPE_CHECKING:
@@ -34,7 +34,8 @@ if TYPE_CHECKING:
     from services.tasks.limits import TaskLimits
     from services.tasks.processes import TaskProcesses
     from shared.broker import EventPublisher
-    from shared.events import RunTask
+    from shared.events import RunTask, TaskEvent
+    from shared.ids import TaskId
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +50,19 @@ MAX_ERROR_CHARS = 16_000
 
 
 class Cancellations(Protocol):
-    """Which tasks are cancelled, and the scope that aborts a running one on a cancel."""
-
-    async def is_cancelled(self, task_id: str) -> bool: ...
+    """The cancels heard so far, and the scope that aborts a running task on a cancel."""
 
     def knows_cancelled(self, task_id: str) -> bool: ...
 
     def watch(self, task_id: str) -> contextlib.AbstractAsyncContextManager[None]: ...
+
+
+class TryStarts(Protocol):
+    """What a try must know before it runs, asked for the tries starting together at once."""
+
+    async def lookup(self, task_id: TaskId) -> tuple[bool, bytes | None]:
+        """Whether the task was cancelled, and the workers' copy of its last checkpoint."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +79,7 @@ class TaskDeps:
     processes: TaskProcesses | None = None  # where executor="process" tasks run
     task_types: TaskTypes | None = None  # what ctx.enqueue checks follow-ups against
     checkpoints: CheckpointStore | None = None  # the fast copy of ctx.checkpoint's state
+    starts: TryStarts | None = None  # cancel flags and that copy, read as each try starts
 
 
 class TaskRetry(TransientError):
@@ -114,7 +122,12 @@ async def run_task(command: RunTask, deps: TaskDeps, *, attempt: int) -> None:
             f"no task {command.task!r} in worker {deps.worker}",
             details=f"registered here: {', '.join(sorted(deps.tasks)) or 'none'}",
         )
-    if await deps.cancellations.is_cancelled(command.task_id):
+    cancelled, stored = deps.cancellations.knows_cancelled(command.task_id), None
+    if not cancelled and deps.starts is not None:
+        cancelled, stored = await deps.starts.lookup(command.task_id)
+    # A cancel heard during the lookup may have missed it; none can slip in after this check,
+    # since nothing awaits before the watch that aborts the run on a cancel.
+    if cancelled or deps.cancellations.knows_cancelled(command.task_id):
         raise JobCancelled(f"task {command.task_id} was cancelled")
     if attempt > definition.policy.max_tries + CRASHES_FORGIVEN:
         raise TaskDead(
@@ -124,7 +137,8 @@ async def run_task(command: RunTask, deps: TaskDeps, *, attempt: int) -> None:
     span = trace.get_current_span()
     span.set_attribute("downlink.task_id", command.task_id)
     span.set_attribute("downlink.task", command.task)
-    context = await _context(command, deps, attempt)
+    this_try = _Try(command, deps, attempt, checkpointed=stored is not None)
+    context = _context(command, deps, this_try, stored)
     try:
         with _outcome(definition, attempt):
             async with deps.cancellations.watch(command.task_id):
@@ -133,47 +147,92 @@ async def run_task(command: RunTask, deps: TaskDeps, *, attempt: int) -> None:
     except TaskFailedForGood as failure:
         span.set_status(trace.StatusCode.ERROR, str(failure))
         await context.flush()
-        await deps.publisher.publish(
+        await this_try.report(
             failure_event(command, failure, attempt, deps.worker, dead_lettered=False)
         )
         return
-    await _succeeded(command, deps, attempt, result)
+    except Exception:
+        # The try's retry or failure is reported next: its start must be on record first.
+        await this_try.announce()
+        raise
+    finally:
+        this_try.stop_timer()
+    await _succeeded(command, deps, this_try, result)
 
 
-async def _succeeded(command: RunTask, deps: TaskDeps, attempt: int, result: Any) -> None:
+class _Try:
+    """One try's reports. Its TaskStarted waits until the task outlives the progress interval,
+    reports anything or fails: most tasks end sooner, and their TaskSucceeded then carries the
+    start instead (one event on the wire, not two; the history stays exact)."""
+
+    def __init__(self, command: RunTask, deps: TaskDeps, attempt: int, *, checkpointed: bool):
+        self.start = TaskStarted(
+            event_id=new_event_id(),
+            task_id=command.task_id,
+            at=time.time(),
+            attempt=attempt,
+            worker=deps.worker,
+        )
+        # Whether the workers' copy of a checkpoint may exist, to be dropped at the end.
+        self.checkpointed = checkpointed
+        self._publish = deps.publisher.publish
+        self._sent: asyncio.Task[None] | None = None
+        self._timer = asyncio.get_running_loop().call_later(deps.progress_interval_s, self._send)
+
+    def _send(self) -> None:
+        if self._sent is None:
+            self._sent = asyncio.create_task(self._publish(self.start))
+
+    async def announce(self) -> None:
+        """Send the start unless it was sent; returns once it is on the stream."""
+        self._timer.cancel()
+        self._send()
+        assert self._sent is not None
+        await asyncio.shield(self._sent)
+
+    async def report(self, event: TaskEvent) -> None:
+        """Publish what the task reports, after its try's start."""
+        await self.announce()
+        if isinstance(event, TaskCheckpointed):
+            self.checkpointed = True
+        await self._publish(event)
+
+    def stop_timer(self) -> None:
+        self._timer.cancel()
+
+    async def started_at(self) -> float | None:
+        """The try's start for its outcome to carry; None once its TaskStarted is sent."""
+        if self._sent is None:
+            return self.start.at
+        await asyncio.shield(self._sent)  # the start goes first on the stream
+        return None
+
+
+async def _succeeded(command: RunTask, deps: TaskDeps, this_try: _Try, result: Any) -> None:
     await deps.publisher.publish(
         TaskSucceeded(
             event_id=new_event_id(),
             task_id=command.task_id,
             at=time.time(),
             result=result,
-            attempt=attempt,
+            attempt=this_try.start.attempt,
             worker=deps.worker,
+            started_at=await this_try.started_at(),
         )
     )
-    if deps.checkpoints is not None:
+    if deps.checkpoints is not None and this_try.checkpointed:
         # Done: a redelivery of it (a crash before the ack) changes nothing on its row.
         await deps.checkpoints.forget(command.task_id)
 
 
-async def _context(command: RunTask, deps: TaskDeps, attempt: int) -> Context:
-    """Announce the try and give it its Context, with the checkpoint to resume from: the
-    workers' copy (the newest), else the command's (PostgreSQL's, after a Redis loss)."""
-    stored = None if deps.checkpoints is None else await deps.checkpoints.load(command.task_id)
-    await deps.publisher.publish(
-        TaskStarted(
-            event_id=new_event_id(),
-            task_id=command.task_id,
-            at=time.time(),
-            attempt=attempt,
-            worker=deps.worker,
-        )
-    )
+def _context(command: RunTask, deps: TaskDeps, this_try: _Try, stored: bytes | None) -> Context:
+    """The try's Context, with the checkpoint to resume from: the workers' copy (the newest),
+    else the command's (PostgreSQL's, after a Redis loss)."""
     return Context(
         task_id=command.task_id,
         task=command.task,
-        attempt=attempt,
-        report=deps.publisher.publish,
+        attempt=this_try.start.attempt,
+        report=this_try.report,
         is_cancelled=lambda: deps.cancellations.knows_cancelled(command.task_id),
         progress_interval_s=deps.progress_interval_s,
         limits=deps.limits,
@@ -187,6 +246,8 @@ async def _context(command: RunTask, deps: TaskDeps, attempt: int) -> Context:
 def _checked_json(result: Any) -> Any:
     """`result` (JSON builtins), unless JSON cannot carry it as it is: NaN and infinities
     would be stored as null, so the try fails with the reason instead."""
+    if result is None or type(result) in (str, int, bool):
+        return result  # nothing to look into (most tasks return these)
     try:
         json.dumps(result, allow_nan=False)
     except ValueError as exc:

@@ -16,6 +16,7 @@ from services.tasks.handlers import TaskDeps
 from services.tasks.limits import TaskLimits
 from services.tasks.processes import TaskProcesses
 from services.tasks.registry import keep_registered
+from services.tasks.starts import RedisStarts
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -60,5 +61,6 @@ class TaskResources:
                 processes=processes,
                 task_types=FollowUpTypes(context.redis, self.tasks),
                 checkpoints=RedisCheckpoints(context.redis, ttl_s=context.settings.retention_s),
+                starts=RedisStarts(context.redis),
             )
             yield TaskWorker(deps, cancellations, context.redis)
