@@ -26,7 +26,6 @@ PLAIN_MODULES = [
     ("processor", "rasters"),
     ("processor", "sniff"),
     ("processor", "staging"),
-    ("processor", "pool"),
     ("exporter", "handlers"),
     ("exporter", "archive"),
     ("exporter", "manifest"),
@@ -42,6 +41,8 @@ ENTRY_MODULES = [
     "services.processor.tasks",
     "services.exporter.handlers",
     "services.tasks.handlers",
+    # The process pool the processor and CPU tasks share (its spawned children import it).
+    "shared.process_pool",
     # What user code imports to declare its tasks.
     "downlink",
 ]
@@ -211,6 +212,7 @@ RECORD_SIDE = [
     "services.gateway.executions.tries",
     "services.gateway.dead_letters.queries",
     "shared.task_types",
+    "shared.task_catalogue",
     "services.gateway.tasks.commands",
     "services.gateway.tasks.errors",
     "services.gateway.tasks.projection",

@@ -48,13 +48,8 @@ from services.gateway.tasks.schemas import (
 )
 from shared.settings import Settings
 from shared.streams import TASK_CANCEL_CHANNEL, task_cancelled_key
-from shared.task_types import (
-    Catalogue,
-    TaskStatus,
-    TaskTypeError,
-    check_arguments,
-    task_types,
-)
+from shared.task_catalogue import Catalogue, task_types
+from shared.task_types import TaskStatus, TaskTypeError, check_arguments
 from shared.telemetry import trace_headers
 
 # Where this gateway keeps its Catalogue (one per process, shared by every request).
