@@ -408,6 +408,8 @@ class RunTask(Command, tag="task.run", frozen=True):
         checkpoint: the task's last `ctx.checkpoint` state as PostgreSQL recorded it, when the
             reconciler publishes the task again from its row; a try prefers the worker's
             Redis copy (newer) and falls back on this one (a Redis loss). None: none saved.
+        redriven_after: the tries made before the task's dead letter was re-driven; the tries
+            after it get the task's whole `max_tries` again (numbered on from there).
     """
 
     task_id: TaskId
@@ -417,6 +419,7 @@ class RunTask(Command, tag="task.run", frozen=True):
     queue: str = "default"
     priority: int = 5
     checkpoint: Any = None
+    redriven_after: int = 0
 
 
 WorkCommand = DownloadFile | ProcessFile | BuildComposite | BuildExport | RunTask

@@ -129,9 +129,11 @@ async def run_task(command: RunTask, deps: TaskDeps, *, attempt: int) -> None:
     # since nothing awaits before the watch that aborts the run on a cancel.
     if cancelled or deps.cancellations.knows_cancelled(command.task_id):
         raise JobCancelled(f"task {command.task_id} was cancelled")
-    if attempt > definition.policy.max_tries + CRASHES_FORGIVEN:
+    # Tries since the last re-drive are what the policy counts; `attempt` numbers them all.
+    tries = attempt - command.redriven_after
+    if tries > definition.policy.max_tries + CRASHES_FORGIVEN:
         raise TaskDead(
-            f"delivered {attempt} times: its workers kept dying before it ended",
+            f"delivered {tries} times: its workers kept dying before it ended",
             details=f"max_tries {definition.policy.max_tries}, crashes forgiven {CRASHES_FORGIVEN}",
         )
     span = trace.get_current_span()
@@ -140,7 +142,7 @@ async def run_task(command: RunTask, deps: TaskDeps, *, attempt: int) -> None:
     this_try = _Try(command, deps, attempt, checkpointed=stored is not None)
     context = _context(command, deps, this_try, stored)
     try:
-        with _outcome(definition, attempt):
+        with _outcome(definition, tries):
             async with deps.cancellations.watch(command.task_id):
                 result = _checked_json(await _call(definition, command.args, context, deps))
             await context.flush()
@@ -256,8 +258,9 @@ def _checked_json(result: Any) -> Any:
 
 
 @contextlib.contextmanager
-def _outcome(definition: TaskDefinition, attempt: int) -> Iterator[None]:
-    """Turn what the task raised into the consumer's vocabulary, by the task's own policy."""
+def _outcome(definition: TaskDefinition, tries: int) -> Iterator[None]:
+    """Turn what the task raised into the consumer's vocabulary, by the task's own policy;
+    `tries` is this try's number since the task was enqueued or last re-driven."""
     try:
         yield
     except (JobCancelled, TaskDead):
@@ -265,9 +268,9 @@ def _outcome(definition: TaskDefinition, attempt: int) -> Iterator[None]:
     except (PermanentError, msgspec.ValidationError) as exc:
         raise TaskFailedForGood(_summary(exc), details=_details(exc)) from exc
     except Exception as exc:
-        if attempt >= definition.policy.max_tries:
+        if tries >= definition.policy.max_tries:
             raise TaskDead(_summary(exc), details=_details(exc)) from exc
-        delay_s = definition.policy.delay_s(attempt)
+        delay_s = definition.policy.delay_s(tries)
         raise TaskRetry(_summary(exc), details=_details(exc), retry_after_s=delay_s) from exc
 
 

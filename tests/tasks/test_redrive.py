@@ -115,3 +115,21 @@ def test_a_letter_whose_task_was_cancelled_or_completed_is_refused_and_nothing_c
     assert alice.get(f"/api/v1/tasks/{task_id}").json() == before
     assert _sql(database_url, "SELECT count(*) AS n FROM outbox")[0]["n"] == outbox
     assert _letter_of(admin, task_id)["id"] == letter["id"]
+
+
+def test_a_redriven_task_gets_its_whole_set_of_tries_again(stack: Pipeline) -> None:
+    start_worker(stack)
+    alice = stack.client("alice")
+    admin = stack.client("root", admin=True)
+    # Five failures: dead after its three tries, and the re-drive's first two fail too.
+    task_id = enqueue(alice, "flaky", args={"fail_times": 5})
+    assert wait_task(alice, task_id)["status"] == "dead"
+    letter = _letter_of(admin, task_id)
+    assert admin.post(f"/api/v1/dead-letters/{letter['id']}/retry").status_code == 202
+    done = wait_task(alice, task_id)
+    # Re-driven with one try left it would be dead again after try 4.
+    assert (done["status"], done["result"], done["attempts"]) == (
+        "completed",
+        {"succeeded_on": 6},
+        6,
+    ), done

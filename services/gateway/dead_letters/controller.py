@@ -67,9 +67,9 @@ class AdminController(Controller):
         relay: NamedDependency[OutboxRelay],
     ) -> RetryResponse:
         """Queue a dead letter's work again: a download reopens its file and job (409 when the
-        job was cancelled); a task is pending again at once, its attempts and error kept until
-        its next outcome (409 when it was cancelled or completed); anything else goes back onto
-        its stream as it was."""
+        job was cancelled); a task is pending again at once with its whole max_tries
+        again, its attempts and error kept until its next outcome (409 when it was cancelled
+        or completed); anything else goes back onto its stream as it was."""
         redriven = await letters.redrive(
             letter_id, redis=redis, broker=broker, pool=pool, on_outbox_written=relay.wake
         )

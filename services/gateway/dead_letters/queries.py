@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import msgspec
+
 from services.gateway.errors import CannotRedrive, FileNotFound, JobNotFound
 from services.gateway.jobs.commands import DOWNLOADS
 from services.gateway.jobs.lifecycle import lock_job
@@ -13,6 +15,7 @@ from services.gateway.tasks.commands import queued_task
 from services.gateway.tasks.errors import TaskNotFound
 from services.gateway.tasks.records import OPEN_STATUSES
 from shared.consumer import ATTEMPT_HEADER
+from shared.events import ENCODER, TASK_DECODER
 from shared.statuses import FINAL_JOB_STATUSES, JobStatus
 from shared.task_types import TaskStatus
 
@@ -89,9 +92,10 @@ async def reopen_task_for_redrive(
     """Make a dead (or failed) task pending again and queue its command, in one transaction.
 
     Its attempts and error stay until the next outcome; the command carries the attempts made
-    so far, so its tries go on counting (the projection takes only later tries) and it gets
-    one more try past its last. Raises TaskNotFound (purged), or CannotRedrive for a task
-    that is cancelled, completed, or whose end is not recorded yet.
+    so far, so its tries go on being numbered (the projection takes only later tries), and
+    it gets its whole `max_tries` again (RunTask.redriven_after). Raises TaskNotFound
+    (purged), or CannotRedrive for a task that is cancelled, completed, or whose end is not
+    recorded yet.
     """
     async with pool.acquire() as connection, connection.transaction():
         row = await connection.fetchrow("SELECT * FROM tasks WHERE id = $1 FOR UPDATE", task_id)
@@ -103,13 +107,20 @@ async def reopen_task_for_redrive(
             raise CannotRedrive(f"task {task_id} is {status}; its end is not recorded yet")
         if status not in (TaskStatus.DEAD, TaskStatus.FAILED):
             raise CannotRedrive(f"task {task_id} is {status}; nothing to re-drive")
+        # A fresh set of tries from here, kept on the row so a command the reconciler rebuilds
+        # from it (a Redis loss) counts the same way.
+        redriven = msgspec.structs.replace(
+            TASK_DECODER.decode(row["command"]), redriven_after=row["attempts"]
+        )
+        body = ENCODER.encode(redriven)
         await connection.execute(
-            "UPDATE tasks SET status = 'pending', finished_at = NULL, updated_at = now()"
-            " WHERE id = $1",
+            "UPDATE tasks SET status = 'pending', finished_at = NULL, command = $2,"
+            " updated_at = now() WHERE id = $1",
             task_id,
+            body,
         )
         # The row's command, with its checkpoint where the area keeps one.
-        command = queued_task(row)
+        command = queued_task({**row, "command": body})
         await add_to_outbox(
             connection,
             command.stream,
