@@ -17,6 +17,8 @@ from aiohttp import web
 if TYPE_CHECKING:
     from types import TracebackType
 
+    from aiohttp.typedefs import Middleware
+
 START_TIMEOUT_S = 10.0
 
 
@@ -36,6 +38,10 @@ class AppServer:
     def routes(self) -> list[web.RouteDef]:
         """The app's routes."""
         raise NotImplementedError
+
+    def middlewares(self) -> list[Middleware]:
+        """The app's middlewares; none unless a subclass records or shapes its requests."""
+        return []
 
     def start(self) -> None:
         """Bind a free port and serve in a background thread until `stop()`."""
@@ -87,7 +93,7 @@ class AppServer:
     async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop_event = asyncio.Event()
-        app = web.Application()
+        app = web.Application(middlewares=self.middlewares())
         app.add_routes(self.routes())
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await runner.setup()

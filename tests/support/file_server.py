@@ -25,12 +25,10 @@ requests being served at once to a client still connected (each holds one connec
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import email.utils
 import hashlib
 import os
 import random
-import socket
 import threading
 import time
 import zlib
@@ -42,9 +40,12 @@ from urllib.parse import quote, urlencode
 from aiohttp import web
 from multidict import CIMultiDict
 
+from tests.support.app_server import AppServer
+
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
-    from types import TracebackType
+
+    from aiohttp.typedefs import Middleware
 
 CHUNK_BYTES = 256 * 1024
 _GENERATE_BLOCK_BYTES = 1024 * 1024
@@ -123,95 +124,39 @@ def _if_range_matches(value: str | None, etag: str | None, last_modified: str | 
     return last_modified is not None and value == last_modified
 
 
-class FileServer:
+class FileServer(AppServer):
     """Serve files from `root` on 127.0.0.1 at a free port; see the module docstring for routes."""
 
     def __init__(self, root: Path, *, rate_per_connection: float | None = None) -> None:
+        super().__init__()
         self.root = root
         self.rate_per_connection = rate_per_connection
         self.peak_in_flight = 0
         self._serving: dict[int, web.Request] = {}  # by id: a request is not hashable
         self.root.mkdir(parents=True, exist_ok=True)
-        self.port = 0
-        self.url = ""
         self._lock = threading.Lock()
         self._requests: list[RequestRecord] = []
         self._flaky_counts: dict[str, int] = {}
         self._flaky_fail: dict[str, int] = {}
-        self._ready = threading.Event()
         self._stopping = False
-        self._error: BaseException | None = None
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop_event: asyncio.Event | None = None
-        self._sock: socket.socket | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
-
-    def start(self) -> None:
-        """Bind a free port and serve in a background thread until `stop()`."""
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        self._sock = sock
-        self.port = sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(target=self._thread_main, name="file-server", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(10) or self._error is not None:
-            self.stop()
-            raise RuntimeError(f"file server did not start: {self._error!r}")
 
     def stop(self) -> None:
         """Stop serving, cutting throttled transfers short, and join the thread."""
         self._stopping = True
-        loop, stop_event = self._loop, self._stop_event
-        if loop is not None and stop_event is not None:
-            with contextlib.suppress(RuntimeError):  # the loop is already closed
-                loop.call_soon_threadsafe(stop_event.set)
-        if self._thread is not None:
-            self._thread.join(timeout=15)
-            self._thread = None
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        super().stop()
 
-    def __enter__(self) -> FileServer:
-        self.start()
-        return self
+    def middlewares(self) -> list[Middleware]:
+        return [self._record_middleware]
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def _thread_main(self) -> None:
-        try:
-            asyncio.run(self._serve())
-        except BaseException as exc:  # reported to start(); a thread must not raise
-            self._error = exc
-            self._ready.set()
-
-    async def _serve(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop_event = asyncio.Event()
-        app = web.Application(middlewares=[self._record_middleware])
-        app.router.add_get("/files/{name:.+}", self._handle_file)
-        app.router.add_get("/flaky/{name:.+}", self._handle_flaky)
-        app.router.add_get("/status/{code}", self._handle_status)
-        app.router.add_get("/redirect", self._handle_redirect)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
-        await runner.setup()
-        try:
-            assert self._sock is not None
-            await web.SockSite(runner, self._sock).start()
-            self._ready.set()
-            await self._stop_event.wait()
-        finally:
-            await runner.cleanup()
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/files/{name:.+}", self._handle_file),
+            web.get("/flaky/{name:.+}", self._handle_flaky),
+            web.get("/status/{code}", self._handle_status),
+            web.get("/redirect", self._handle_redirect),
+        ]
 
     # -- test-facing API -------------------------------------------------------------------
 
