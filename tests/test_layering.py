@@ -217,6 +217,7 @@ RECORD_SIDE = [
     "services.gateway.tasks.errors",
     "services.gateway.tasks.projection",
     "services.gateway.tasks.queries",
+    "services.gateway.tasks.enqueueing",
     "services.gateway.tasks.records",
 ]
 

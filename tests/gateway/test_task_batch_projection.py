@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from services.gateway.tasks.queries import cancel_task, enqueue
+from services.gateway.tasks.enqueueing import enqueue
+from services.gateway.tasks.queries import cancel_task
 from services.gateway.tasks.records import NewTask
 from services.gateway.tracker import project
 from shared.events import (

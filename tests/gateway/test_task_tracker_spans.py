@@ -11,7 +11,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from redis.asyncio import Redis
 
-from services.gateway.tasks.queries import enqueue
+from services.gateway.tasks.enqueueing import enqueue
 from services.gateway.tasks.records import NewTask
 from services.gateway.tracker import Tracker
 from shared.broker import create_broker

@@ -21,15 +21,10 @@ from services.gateway.errors import InvalidRequest
 from services.gateway.live import AfterQuery, LastEventIdHeader, draining, resume_after
 from services.gateway.outbox import OutboxRelay
 from services.gateway.responses import IdempotencyKey, PageNumber, PerPage, errors
+from services.gateway.tasks.enqueueing import enqueue, enqueue_batch
 from services.gateway.tasks.errors import BatchItemRefused, BatchTooLarge
 from services.gateway.tasks.live import task_event_stream
-from services.gateway.tasks.queries import (
-    cancel_task,
-    enqueue,
-    enqueue_batch,
-    get_task,
-    list_tasks,
-)
+from services.gateway.tasks.queries import cancel_task, get_task, list_tasks
 from services.gateway.tasks.records import NewTask
 from services.gateway.tasks.schemas import (
     MAX_BATCH_TASKS,

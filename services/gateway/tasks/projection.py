@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from services.gateway.executions.history import ExecutionStatus, Task
 from services.gateway.executions.tries import End, finish_tries, interrupt_overtaken, started_at
 from services.gateway.projection import Projector, one_by_one
-from services.gateway.tasks.queries import enqueue
+from services.gateway.tasks.enqueueing import enqueue
 from services.gateway.tasks.records import NewTask
 from shared.events import (
     ENCODER,
