@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator
 
 from redis.asyncio import BlockingConnectionPool, Redis
 
+from shared.pipelining import RoundTrips
+
 _SCAN_COUNT = 200
 # Connections one process opens at most. More concurrent commands than this wait for a free
 # connection (a worker with 256 slots) instead of failing with MaxConnectionsError, which
@@ -45,3 +47,23 @@ async def hashes_under(redis: Redis, prefix: str) -> list[dict[bytes, bytes]]:
             pipe.hgetall(key)
         hashes: list[dict[bytes, bytes]] = await pipe.execute()
     return hashes
+
+
+class KeyReads:
+    """GETs of concurrent callers, sent together as one MGET per round trip.
+
+    An idle reader sends at once; under load, the keys asked while one MGET is out go in the
+    next (shared.pipelining.RoundTrips). Share one per process between the ports that read
+    keys on a hot path, so their reads ride the same round trips.
+    """
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._reads: RoundTrips[str, bytes | None] = RoundTrips(self._get_all)
+
+    async def get(self, key: str) -> bytes | None:
+        return await self._reads.submit(key)
+
+    async def _get_all(self, keys: list[str]) -> list[bytes | None]:
+        found = await self._redis.mget(keys)
+        return [value.encode() if isinstance(value, str) else value for value in found]

@@ -47,6 +47,16 @@ def redis_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
+def own_redis_url(tmp_path: Path) -> Iterator[str]:
+    """A redis-server of this test's own, so its command statistics count only this test."""
+    try:
+        with redis_server.throwaway_redis(tmp_path) as url:
+            yield url
+    except redis_server.NoRedisServer as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture
 def redis_url(redis_server_url: str) -> Iterator[str]:
     """A Redis URL with a database number of its own (1-15), flushed before and after the test."""
     url = redis_server.with_db(redis_server_url, next(_REDIS_DBS))

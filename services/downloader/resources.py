@@ -15,6 +15,7 @@ from services.downloader.handlers import DownloadDeps
 from services.downloader.limits import AddressGuard, guarded_connector
 from services.downloader.state import CancelWatcher, RedisCompletions, RedisNames
 from shared import metrics
+from shared.redis_client import KeyReads
 from shared.storage import open_storage
 
 if TYPE_CHECKING:
@@ -51,7 +52,8 @@ async def open_downloader(context: WorkerContext) -> AsyncIterator[Downloader]:
     guard = AddressGuard(
         allow_private=settings.allow_private_networks, allowed_networks=settings.allowed_networks
     )
-    cancellations = CancelWatcher(context.redis)
+    reads = KeyReads(context.redis)  # cancel flags and completions, one MGET per round trip
+    cancellations = CancelWatcher(context.redis, reads=reads)
     budget = HostBudget(
         context.redis, settings.per_host_concurrency, lease_s=settings.host_slot_lease_s
     )
@@ -60,7 +62,7 @@ async def open_downloader(context: WorkerContext) -> AsyncIterator[Downloader]:
             session=session,
             storage=open_storage(settings.storage_url),
             publisher=context.publisher,
-            completions=CountedCompletions(context.redis, retention_s),
+            completions=CountedCompletions(context.redis, retention_s, reads=reads),
             names=RedisNames(context.redis, retention_s),
             cancellations=cancellations,
             guard=guard,

@@ -15,6 +15,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from shared.errors import JobCancelled
 from shared.events import FileDownloaded
 from shared.pipelining import RoundTrips
+from shared.redis_client import KeyReads
 from shared.streams import CANCEL_CHANNEL, cancelled_key, done_key, names_key
 
 if TYPE_CHECKING:
@@ -41,24 +42,20 @@ return 'taken'
 class RedisCompletions:
     """FileDownloaded events of finished files, kept for the retention period."""
 
-    def __init__(self, redis: Redis, ttl_s: int) -> None:
+    def __init__(self, redis: Redis, ttl_s: int, *, reads: KeyReads | None = None) -> None:
         self._redis = redis
         self._ttl_s = ttl_s
         self._decoder = msgspec.json.Decoder(FileDownloaded)
         # Concurrent downloads' lookups share one MGET, their records one pipeline.
-        self._lookups: RoundTrips[str, bytes | None] = RoundTrips(self._get_all)
+        self._reads = reads or KeyReads(redis)
         self._records: RoundTrips[tuple[str, bytes], None] = RoundTrips(self._set_all)
 
     async def get(self, file_id: FileId) -> FileDownloaded | None:
-        raw = await self._lookups.submit(done_key(file_id))
+        raw = await self._reads.get(done_key(file_id))
         return self._decoder.decode(raw) if raw else None
 
     async def put(self, event: FileDownloaded) -> None:
         await self._records.submit((done_key(event.file_id), msgspec.json.encode(event)))
-
-    async def _get_all(self, keys: list[str]) -> list[bytes | None]:
-        found = await self._redis.mget(keys)
-        return [value.encode() if isinstance(value, str) else value for value in found]
 
     async def _set_all(self, records: list[tuple[str, bytes]]) -> list[None]:
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -89,13 +86,16 @@ class CancelWatcher:
 
     _REMEMBERED = 10_000
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, *, reads: KeyReads | None = None) -> None:
         self._redis = redis
+        # A file's start asks whether its job was cancelled; concurrent starts share one MGET
+        # (with the completion lookups, when they share `reads`) instead of an EXISTS each.
+        self._reads = reads or KeyReads(redis)
         self._tasks: defaultdict[str, set[asyncio.Task[object]]] = defaultdict(set)
         self._cancelled: OrderedDict[str, None] = OrderedDict()
 
     async def is_cancelled(self, job_id: JobId) -> bool:
-        return job_id in self._cancelled or bool(await self._redis.exists(cancelled_key(job_id)))
+        return job_id in self._cancelled or await self._reads.get(cancelled_key(job_id)) is not None
 
     @contextlib.asynccontextmanager
     async def watch(self, job_id: JobId) -> AsyncIterator[None]:

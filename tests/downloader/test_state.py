@@ -12,6 +12,7 @@ from services.downloader.state import CancelWatcher, RedisCompletions, RedisName
 from shared.errors import JobCancelled
 from shared.events import FileDownloaded
 from shared.ids import EventId, FileId, JobId
+from shared.redis_client import KeyReads, open_redis
 from shared.streams import cancelled_key, done_key, names_key
 
 if TYPE_CHECKING:
@@ -99,3 +100,27 @@ async def test_a_shutdown_cancel_is_not_mistaken_for_a_job_cancel(redis: Redis) 
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_starts_read_cancel_flags_and_completions_together_not_one_command_each(
+    own_redis_url: str,
+) -> None:
+    # A redis-server of this test's own: its command statistics count only these reads.
+    async with open_redis(own_redis_url) as redis:
+        reads = KeyReads(redis)
+        watcher = CancelWatcher(redis, reads=reads)
+        completions = RedisCompletions(redis, ttl_s=120, reads=reads)
+        await redis.set(cancelled_key(JobId("job-3")), b"1")
+        await redis.config_resetstat()
+
+        async def start(n: int) -> tuple[bool, FileDownloaded | None]:
+            job = JobId(f"job-{n % 4}")
+            return await watcher.is_cancelled(job), await completions.get(FileId(f"f-{n}"))
+
+        answers = await asyncio.gather(*(start(n) for n in range(64)))
+        stats = await redis.info("commandstats")
+    assert [cancelled for cancelled, _ in answers] == [n % 4 == 3 for n in range(64)]
+    assert all(done is None for _, done in answers)
+    # One EXISTS and one GET per start would be 128 round trips; the starts share a few MGETs.
+    assert "cmdstat_exists" not in stats
+    assert int(stats["cmdstat_mget"]["calls"]) <= 4

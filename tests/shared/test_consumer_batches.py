@@ -21,23 +21,11 @@ from tests.shared.test_consumer import (
     file_id_of,
     pending_count,
 )
-from tests.support import redis_server
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator, Sequence
-    from pathlib import Path
+    from collections.abc import AsyncIterator, Sequence
 
     from redis.asyncio import Redis
-
-
-@pytest.fixture
-def own_redis_url(tmp_path: Path) -> Iterator[str]:
-    """A redis-server of this test's own, so its command statistics count only this consumer."""
-    try:
-        with redis_server.throwaway_redis(tmp_path) as url:
-            yield url
-    except redis_server.NoRedisServer as exc:
-        pytest.skip(str(exc))
 
 
 @pytest.fixture
