@@ -17,7 +17,7 @@ from shared.events import EVENT_DECODER, RunTask, TaskStarted, TaskSucceeded
 from shared.ids import TaskId, UserId
 from shared.streams import EVENTS_STREAM, Lane, task_cancelled_key, task_stream
 from tests.gateway.support import eventually, stream_frames
-from tests.shared.test_consumer_batches import calls, own_redis_url
+from tests.shared.test_consumer_batches import calls
 from tests.tasks.conftest import ROOT, SAMPLE_TASKS, STACK_ENV, enqueue, wait_task
 from tests.tasks.test_handlers import Events, NoCancels
 
@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     from tests.integration.conftest import Pipeline, PipelineFactory
     from tests.support.services import ServiceLauncher
 
-__all__ = ["own_redis_url"]
 
 TASKS = 200
 CANCELLED = 10
