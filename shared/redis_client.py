@@ -5,30 +5,27 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 
 from shared.pipelining import RoundTrips
 
 _SCAN_COUNT = 200
-# Connections one process opens at most. More concurrent commands than this wait for a free
-# connection (a worker with 256 slots) instead of failing with MaxConnectionsError, which
-# redis-py's default pool raises past 100.
-MAX_CONNECTIONS = 100
-# How long a command waits for a free connection before it fails as Redis being unreachable.
-CONNECTION_WAIT_S = 20.0
+# Connections one process may open. redis-py's default pool fails commands past 100 with
+# MaxConnectionsError, which a task worker with 256 slots reaches; a blocking pool instead
+# turns a leaked connection (a command cancelled mid-reply) into a stall, so the pool stays
+# non-blocking with room for every slot.
+MAX_CONNECTIONS = 10_000
 
 
 @contextlib.asynccontextmanager
 async def open_redis(redis_url: str) -> AsyncIterator[Redis]:
     """A client on `redis_url`; bytes in and out, since stream frames are binary."""
-    pool = BlockingConnectionPool.from_url(
+    client = Redis.from_url(
         redis_url,
         max_connections=MAX_CONNECTIONS,
-        timeout=CONNECTION_WAIT_S,
         health_check_interval=10,
         socket_keepalive=True,
     )
-    client = Redis.from_pool(pool)
     try:
         await client.ping()
         yield client
