@@ -141,6 +141,18 @@ class Grid:
             yield Window(0, row, self.width, min(rows, self.height - row))
 
 
+def check_bounds(bounds: tuple[float, float, float, float]) -> None:
+    """Raise ProcessingError unless `bounds` is a WGS84 (west, south, east, north) box."""
+    if len(bounds) == 4 and all(isinstance(edge, int | float) for edge in bounds):
+        west, south, east, north = bounds
+        if -180 <= west < east <= 180 and -90 <= south < north <= 90:
+            return
+    raise ProcessingError(
+        f"bounds must be (west, south, east, north) in WGS84 degrees with west < east and "
+        f"south < north; got {list(bounds)}"
+    )
+
+
 def reference_grid(
     dataset: DatasetReader, bounds: tuple[float, float, float, float] | None
 ) -> Grid:
@@ -153,25 +165,43 @@ def reference_grid(
     full = Window(0, 0, dataset.width, dataset.height)
     if bounds is None:
         return Grid(dataset.crs, dataset.transform, dataset.width, dataset.height)
+    check_bounds(bounds)
     native = transform_bounds(WGS84, dataset.crs, *bounds, densify_pts=21)
+    if not all(math.isfinite(edge) for edge in native):
+        # Far outside the CRS's area of use (the other side of the globe): no overlap.
+        raise ProcessingError(_no_overlap(bounds, dataset))
     wanted = from_bounds(*native, transform=dataset.transform)
     col_off = max(0, math.floor(wanted.col_off + 1e-9))
     row_off = max(0, math.floor(wanted.row_off + 1e-9))
     col_end = min(full.width, math.ceil(wanted.col_off + wanted.width - 1e-9))
     row_end = min(full.height, math.ceil(wanted.row_off + wanted.height - 1e-9))
     if col_end <= col_off or row_end <= row_off:
-        raise ProcessingError(f"bounds {list(bounds)} do not overlap the bands")
+        raise ProcessingError(_no_overlap(bounds, dataset))
     window = Window(col_off, row_off, col_end - col_off, row_end - row_off)
     return Grid(
         dataset.crs, dataset.window_transform(window), int(window.width), int(window.height)
     )
 
 
+def _no_overlap(bounds: tuple[float, float, float, float], dataset: DatasetReader) -> str:
+    extent = transform_bounds(dataset.crs, WGS84, *dataset.bounds, densify_pts=21)
+    rounded = [round(edge, 6) for edge in extent]
+    return f"bounds {list(bounds)} do not overlap the bands, whose extent is {rounded} (WGS84)"
+
+
 class AlignedBand:
     """One band read on a target grid: windows of its own file when the grids line up (exact,
-    fast), else through a WarpedVRT that reprojects and resamples (bilinear) onto the grid."""
+    fast), else through a WarpedVRT that reprojects and resamples (bilinear unless told) onto
+    the grid."""
 
-    def __init__(self, dataset: DatasetReader, grid: Grid, band: int = 1) -> None:
+    def __init__(
+        self,
+        dataset: DatasetReader,
+        grid: Grid,
+        band: int = 1,
+        *,
+        resampling: Resampling = Resampling.bilinear,
+    ) -> None:
         self._band = band
         self.dataset = dataset
         self.nodata = dataset.nodata
@@ -184,7 +214,7 @@ class AlignedBand:
                 transform=grid.transform,
                 width=grid.width,
                 height=grid.height,
-                resampling=Resampling.bilinear,
+                resampling=resampling,
                 # Pixels outside the band's footprint must read as no data, not as zeros.
                 add_alpha=dataset.nodata is None,
             )

@@ -400,30 +400,44 @@ def build_ndvi(
 
 @dataclass
 class _NdviStats:
-    """Statistics of the valid NDVI values, gathered strip by strip."""
+    """Statistics of the valid NDVI values, gathered strip by strip.
+
+    Mean and spread are merged per strip (Chan et al.), which stays exact where a running sum of
+    squares would cancel out on large rasters. The std is the population one (numpy's default).
+    """
 
     pixels: int = 0
     valid: int = 0
     low: float = np.inf
     high: float = -np.inf
-    total: float = 0.0
+    mean: float = 0.0
+    squares: float = 0.0  # sum of squared deviations from the mean
 
     def add(self, ndvi: NDArray[np.float32], valid: NDArray[np.bool_]) -> None:
         self.pixels += ndvi.size
         if valid.any():
-            values = ndvi[valid]
-            self.valid += int(valid.sum())
+            values = ndvi[valid].astype(np.float64)
+            count, mean = values.size, float(values.mean())
+            merged = self.valid + count
+            delta = mean - self.mean
+            self.squares += float(((values - mean) ** 2).sum()) + (
+                delta**2 * self.valid * count / merged
+            )
+            self.mean += delta * count / merged
+            self.valid = merged
             self.low = min(self.low, float(values.min()))
             self.high = max(self.high, float(values.max()))
-            self.total += float(values.astype(np.float64).sum())
 
     def facts(self) -> dict[str, Any]:
         return {
             "valid_pixels": self.valid,
             "nodata_pixels": self.pixels - self.valid,
+            "total_pixels": self.pixels,
+            "valid_share": self.valid / self.pixels if self.pixels else 0.0,
             "min": self.low if self.valid else None,
             "max": self.high if self.valid else None,
-            "mean": self.total / self.valid if self.valid else None,
+            "mean": self.mean if self.valid else None,
+            "std": float(np.sqrt(self.squares / self.valid)) if self.valid else None,
         }
 
 
