@@ -7,6 +7,7 @@
         ctx.progress(0, 1, "resizing")
         ...
 
+Chain them into workflows (`chain`, `group`, `chord`, `after=`, `@workflow`: docs/workflows.md).
 Run them with `downlink worker --tasks myapp.tasks`; enqueue them and follow them with
 `Client` (asyncio) or `SyncClient` (docs/client.md), or over HTTP (POST /api/v1/tasks).
 A thin facade: the machinery lives in services.tasks and shared, the client in downlink.client.
@@ -35,10 +36,12 @@ from downlink.client import (
     Unavailable,
 )
 from downlink.client.models import Job, JobProgress, JobResult, StoredFile, Task, TaskPage, TaskType
+from services.tasks.canvas import Canvas, Step, chain, chord, download, group, step, workflow
 from services.tasks.context import Context
 from services.tasks.definitions import Permanent, TaskDefinition, TaskPolicy, task
 
 __all__ = [
+    "Canvas",
     "Client",
     "Conflict",
     "ConnectionFailed",
@@ -53,6 +56,7 @@ __all__ = [
     "JobResult",
     "NotFound",
     "Permanent",
+    "Step",
     "StoredFile",
     "SyncClient",
     "SyncJobHandle",
@@ -68,5 +72,11 @@ __all__ = [
     "TooLarge",
     "Unauthorized",
     "Unavailable",
+    "chain",
+    "chord",
+    "download",
+    "group",
+    "step",
     "task",
+    "workflow",
 ]

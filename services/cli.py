@@ -215,11 +215,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(stack)
     stack.set_defaults(func=_stack)
 
+    from services.cli_schedules import add_schedule_commands
     from services.cli_tasks import add_task_commands
     from services.client import add_client_commands
 
     add_client_commands(commands, _client)
     add_task_commands(commands)
+    add_schedule_commands(commands)
     return parser
 
 

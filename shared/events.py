@@ -410,6 +410,7 @@ class RunTask(Command, tag="task.run", frozen=True):
             Redis copy (newer) and falls back on this one (a Redis loss). None: none saved.
         redriven_after: the tries made before the task's dead letter was re-driven; the tries
             after it get the task's whole `max_tries` again (numbered on from there).
+        workflow_id, step: the workflow step this task is the work of (ctx.workflow_id).
     """
 
     task_id: TaskId
@@ -420,6 +421,8 @@ class RunTask(Command, tag="task.run", frozen=True):
     priority: int = 5
     checkpoint: Any = None
     redriven_after: int = 0
+    workflow_id: str | None = None
+    step: str | None = None
 
 
 WorkCommand = DownloadFile | ProcessFile | BuildComposite | BuildExport | RunTask

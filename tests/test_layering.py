@@ -25,7 +25,6 @@ PLAIN_MODULES = [
     ("processor", "tasks"),
     ("processor", "rasters"),
     ("processor", "sniff"),
-    ("processor", "staging"),
     ("exporter", "handlers"),
     ("exporter", "archive"),
     ("exporter", "manifest"),

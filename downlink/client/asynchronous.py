@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import httpx
 
-from downlink.client import downloads, protocol, tasks
+from downlink.client import downloads, protocol, schedules, tasks, workflows
 from downlink.client.handles import JobRef, TaskRef
 from downlink.client.transport import run_async
 
@@ -29,14 +29,23 @@ if TYPE_CHECKING:
     from downlink.client.downloads import ProgressCallback
     from downlink.client.models import (
         ArchiveFormat,
+        ExportCreated,
         Job,
         JobResult,
+        MissedPolicy,
+        Schedule,
+        SchedulePage,
         Task,
         TaskCancelled,
         TaskPage,
         TaskType,
+        Workflow,
+        WorkflowCancelled,
+        WorkflowPage,
+        WorkflowSubmitted,
     )
     from downlink.client.protocol import Operation
+    from downlink.client.workflows import Block
 
 
 class Client:
@@ -132,6 +141,104 @@ class Client:
     async def task_types(self) -> list[TaskType]:
         """What the live workers can run, each with its argument schema."""
         return await self._run(tasks.task_types())
+
+    # --- schedules --------------------------------------------------------------------------
+
+    async def schedule(
+        self,
+        when: str | float,
+        task: str,
+        /,
+        args: Mapping[str, Any] | None = None,
+        *,
+        timezone: str | None = None,
+        priority: int | None = None,
+        missed: MissedPolicy = "skip",
+        name: str | None = None,
+        paused: bool = False,
+    ) -> Schedule:
+        """Enqueue `task` with `args` on a cron expression (`"*/30 * * * *"`, in `timezone`,
+        UTC by default) or every `when` seconds; `missed` says what becomes of runs that fell
+        due while no scheduler ran: `"skip"` them, or fire `"once"` for all of them."""
+        return await self._run(
+            schedules.create_schedule(
+                when,
+                task,
+                args or {},
+                timezone=timezone,
+                priority=priority,
+                missed=missed,
+                name=name,
+                paused=paused,
+            )
+        )
+
+    async def schedules(self, *, page: int = 1, per_page: int = 20) -> SchedulePage:
+        """One page of this user's schedules, newest first."""
+        return await self._run(schedules.list_schedules(page=page, per_page=per_page))
+
+    async def get_schedule(self, schedule_id: str) -> Schedule:
+        return await self._run(schedules.get_schedule(schedule_id))
+
+    async def pause_schedule(self, schedule_id: str) -> Schedule:
+        return await self._run(schedules.pause_schedule(schedule_id))
+
+    async def resume_schedule(self, schedule_id: str) -> Schedule:
+        """Fire it again from its next run after now (the runs while paused are not made up)."""
+        return await self._run(schedules.resume_schedule(schedule_id))
+
+    async def run_schedule(self, schedule_id: str) -> TaskHandle:
+        """Enqueue one run of the schedule now; a handle on its task."""
+        ran = await self._run(schedules.run_schedule(schedule_id))
+        return TaskHandle(self, ran.task_id)
+
+    async def delete_schedule(self, schedule_id: str) -> None:
+        await self._run(schedules.delete_schedule(schedule_id))
+
+    async def purge(self, queue: str) -> int:
+        """Admin: cancel every pending task of `queue` (running ones go on); how many."""
+        purged = await self._run(schedules.purge(queue))
+        return purged.purged
+
+    # --- workflows --------------------------------------------------------------------------
+
+    async def submit_workflow(
+        self,
+        flow: Block | str,
+        /,
+        args: Mapping[str, Any] | None = None,
+        *,
+        allow_partial: bool = False,
+        idempotency_key: str | None = None,
+    ) -> WorkflowSubmitted:
+        """Run `flow` (a block of `chain`, `group`, `chord`, `Step`) or the `@workflow` of
+        that name with `args`; with `allow_partial`, a failed step's dependents still run."""
+        return await self._run(
+            workflows.submit_workflow(
+                flow, args, allow_partial=allow_partial, idempotency_key=idempotency_key
+            )
+        )
+
+    async def get_workflow(self, workflow_id: str) -> Workflow:
+        return await self._run(workflows.get_workflow(workflow_id))
+
+    async def wait_workflow(self, workflow_id: str, timeout: float | None = None) -> Workflow:
+        """The workflow once it ended (completed, partial, failed or cancelled)."""
+        return await self._run(workflows.wait_workflow(workflow_id, timeout))
+
+    async def workflows(
+        self, *, status: str | None = None, page: int = 1, per_page: int = 20
+    ) -> WorkflowPage:
+        return await self._run(
+            workflows.list_workflows(status=status, page=page, per_page=per_page)
+        )
+
+    async def cancel_workflow(self, workflow_id: str) -> WorkflowCancelled:
+        return await self._run(workflows.cancel_workflow(workflow_id))
+
+    async def export_workflow(self, workflow_id: str, export_format: str = "zip") -> ExportCreated:
+        """Queue one archive of the workflow's artifacts and downloaded files (with STAC)."""
+        return await self._run(workflows.export_workflow(workflow_id, export_format))
 
     # --- downloads --------------------------------------------------------------------------
 

@@ -187,3 +187,127 @@ class Export(msgspec.Struct, frozen=True, kw_only=True):
     hash: str | None = None
     download_url: str | None = None
     error: str | None = None
+
+
+# --- schedules ------------------------------------------------------------------------------
+
+MissedPolicy = Literal["skip", "once"]
+
+
+class Schedule(msgspec.Struct, frozen=True, kw_only=True):
+    """GET /api/v1/schedules/{schedule_id}: a task enqueued on a cron expression (`cron`, in
+    `timezone`) or a fixed interval (`every_s`); `next_run_at` is None while it is paused."""
+
+    schedule_id: str
+    task: str
+    args: dict[str, Any]
+    queue: str
+    priority: int
+    missed: MissedPolicy
+    paused: bool
+    created_at: datetime
+    updated_at: datetime
+    name: str | None = None
+    cron: str | None = None
+    timezone: str | None = None
+    every_s: float | None = None
+    next_run_at: datetime | None = None
+    last_run_at: datetime | None = None
+    last_task_id: str | None = None
+
+
+class SchedulePage(msgspec.Struct, frozen=True, kw_only=True):
+    schedules: list[Schedule]
+    page: int
+    per_page: int
+    total: int
+
+
+class ScheduleRun(msgspec.Struct, frozen=True, kw_only=True):
+    """The 202 answer to a run now: the task it enqueued."""
+
+    schedule_id: str
+    task_id: str
+
+
+class Purged(msgspec.Struct, frozen=True, kw_only=True):
+    """The answer to a purge: how many pending tasks of the queue were cancelled."""
+
+    queue: str
+    purged: int
+
+
+# --- workflows ------------------------------------------------------------------------------
+
+
+class WorkflowSubmitted(msgspec.Struct, frozen=True, kw_only=True):
+    workflow_id: str
+    status: str
+    steps: int
+    existing: bool = False
+
+
+class WorkflowStep(msgspec.Struct, frozen=True, kw_only=True):
+    """One step: its state (waiting, pending, running, expanded, completed, failed, skipped,
+    cancelled), its task or job, tries, result or error and timings."""
+
+    key: str
+    kind: str
+    task: str
+    status: str
+    after: list[str]
+    owner: str | None = None
+    task_id: str | None = None
+    job_id: str | None = None
+    attempts: int | None = None
+    progress: dict[str, Any] | None = None
+    result: Any = None
+    error: str | None = None
+    launched_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    duration_s: float | None = None
+
+
+class Workflow(msgspec.Struct, frozen=True, kw_only=True):
+    """GET /api/v1/workflows/{workflow_id}."""
+
+    workflow_id: str
+    status: str
+    steps: list[WorkflowStep]
+    created_at: datetime
+    name: str | None = None
+    allow_partial: bool = False
+    args: dict[str, Any] = {}
+    result: Any = None
+    error: str | None = None
+    trace_id: str | None = None
+    finished_at: datetime | None = None
+    artifacts: list[dict[str, Any]] = []
+
+    def step(self, key: str) -> WorkflowStep:
+        """The step named `key`; KeyError when there is none."""
+        for found in self.steps:
+            if found.key == key:
+                return found
+        raise KeyError(key)
+
+
+class WorkflowSummary(msgspec.Struct, frozen=True, kw_only=True):
+    workflow_id: str
+    status: str
+    created_at: datetime
+    name: str | None = None
+    finished_at: datetime | None = None
+
+
+class WorkflowPage(msgspec.Struct, frozen=True, kw_only=True):
+    workflows: list[WorkflowSummary]
+    page: int
+    per_page: int
+    total: int
+
+
+class WorkflowCancelled(msgspec.Struct, frozen=True, kw_only=True):
+    workflow_id: str
+    status: str

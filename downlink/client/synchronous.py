@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import httpx
 
-from downlink.client import downloads, protocol, tasks
+from downlink.client import downloads, protocol, schedules, tasks, workflows
 from downlink.client.handles import JobRef, TaskRef
 from downlink.client.transport import run_sync
 
@@ -26,14 +26,23 @@ if TYPE_CHECKING:
     from downlink.client.downloads import ProgressCallback
     from downlink.client.models import (
         ArchiveFormat,
+        ExportCreated,
         Job,
         JobResult,
+        MissedPolicy,
+        Schedule,
+        SchedulePage,
         Task,
         TaskCancelled,
         TaskPage,
         TaskType,
+        Workflow,
+        WorkflowCancelled,
+        WorkflowPage,
+        WorkflowSubmitted,
     )
     from downlink.client.protocol import Operation
+    from downlink.client.workflows import Block
 
 
 class SyncClient:
@@ -128,7 +137,100 @@ class SyncClient:
         """What the live workers can run, each with its argument schema."""
         return self._run(tasks.task_types())
 
+    # --- schedules --------------------------------------------------------------------------
+
+    def schedule(
+        self,
+        when: str | float,
+        task: str,
+        /,
+        args: Mapping[str, Any] | None = None,
+        *,
+        timezone: str | None = None,
+        priority: int | None = None,
+        missed: MissedPolicy = "skip",
+        name: str | None = None,
+        paused: bool = False,
+    ) -> Schedule:
+        """Enqueue `task` with `args` on a cron expression (`"*/30 * * * *"`, in `timezone`,
+        UTC by default) or every `when` seconds; `missed` says what becomes of runs that fell
+        due while no scheduler ran: `"skip"` them, or fire `"once"` for all of them."""
+        return self._run(
+            schedules.create_schedule(
+                when,
+                task,
+                args or {},
+                timezone=timezone,
+                priority=priority,
+                missed=missed,
+                name=name,
+                paused=paused,
+            )
+        )
+
+    def schedules(self, *, page: int = 1, per_page: int = 20) -> SchedulePage:
+        """One page of this user's schedules, newest first."""
+        return self._run(schedules.list_schedules(page=page, per_page=per_page))
+
+    def get_schedule(self, schedule_id: str) -> Schedule:
+        return self._run(schedules.get_schedule(schedule_id))
+
+    def pause_schedule(self, schedule_id: str) -> Schedule:
+        return self._run(schedules.pause_schedule(schedule_id))
+
+    def resume_schedule(self, schedule_id: str) -> Schedule:
+        """Fire it again from its next run after now (the runs while paused are not made up)."""
+        return self._run(schedules.resume_schedule(schedule_id))
+
+    def run_schedule(self, schedule_id: str) -> SyncTaskHandle:
+        """Enqueue one run of the schedule now; a handle on its task."""
+        ran = self._run(schedules.run_schedule(schedule_id))
+        return SyncTaskHandle(self, ran.task_id)
+
+    def delete_schedule(self, schedule_id: str) -> None:
+        self._run(schedules.delete_schedule(schedule_id))
+
+    def purge(self, queue: str) -> int:
+        """Admin: cancel every pending task of `queue` (running ones go on); how many."""
+        purged = self._run(schedules.purge(queue))
+        return purged.purged
+
     # --- downloads --------------------------------------------------------------------------
+
+    # --- workflows --------------------------------------------------------------------------
+
+    def submit_workflow(
+        self,
+        flow: Block | str,
+        /,
+        args: Mapping[str, Any] | None = None,
+        *,
+        allow_partial: bool = False,
+        idempotency_key: str | None = None,
+    ) -> WorkflowSubmitted:
+        """As Client.submit_workflow."""
+        return self._run(
+            workflows.submit_workflow(
+                flow, args, allow_partial=allow_partial, idempotency_key=idempotency_key
+            )
+        )
+
+    def get_workflow(self, workflow_id: str) -> Workflow:
+        return self._run(workflows.get_workflow(workflow_id))
+
+    def wait_workflow(self, workflow_id: str, timeout: float | None = None) -> Workflow:
+        return self._run(workflows.wait_workflow(workflow_id, timeout))
+
+    def workflows(
+        self, *, status: str | None = None, page: int = 1, per_page: int = 20
+    ) -> WorkflowPage:
+        return self._run(workflows.list_workflows(status=status, page=page, per_page=per_page))
+
+    def cancel_workflow(self, workflow_id: str) -> WorkflowCancelled:
+        return self._run(workflows.cancel_workflow(workflow_id))
+
+    def export_workflow(self, workflow_id: str, export_format: str = "zip") -> ExportCreated:
+        return self._run(workflows.export_workflow(workflow_id, export_format))
 
     def download(
         self,

@@ -37,14 +37,18 @@ from services.gateway.jobs.queries import JobRepository
 from services.gateway.jobs.validation import MAX_METADATA_DEPTH
 from services.gateway.live import draining
 from services.gateway.outbox import OutboxRelay
+from services.gateway.queues_purge import QueuesController
 from services.gateway.reconciler import Reconciler
 from services.gateway.responses import ErrorBody
+from services.gateway.schedules.controller import SchedulesController
+from services.gateway.schedules.scheduler import Scheduler
 from services.gateway.span_names import RouteSpanNames, initial_span_details
 from services.gateway.system import SystemController
 from services.gateway.tasks.controller import TasksController, TaskTypesController
 from services.gateway.tasks.errors import TASK_TYPE_STATUS
 from services.gateway.tasks.retention import purge_ended_tasks
 from services.gateway.tracker import Tracker
+from services.gateway.workflows.controller import WorkflowsController
 from shared.broker import create_broker
 from shared.consumer import ensure_groups
 from shared.postgres import DATABASE_DOWN, open_pool
@@ -127,6 +131,9 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
             OperationsController,
             TasksController,
             TaskTypesController,
+            SchedulesController,
+            WorkflowsController,
+            QueuesController,
         ],
         middleware=[DefineMiddleware(BearerTokenMiddleware)],
         dependencies={"current_user": Provide(provide_user, sync_to_thread=False)},
@@ -231,6 +238,12 @@ async def _open_resources(
             pool, redis, settings, on_outbox_written=relay.wake, tracer_provider=tracer_provider
         )
         reconciler = Reconciler(pool, redis, settings, on_outbox_written=relay.wake)
+        scheduler = Scheduler(
+            pool,
+            settings.database_url,
+            on_outbox_written=relay.wake,
+            tracer_provider=tracer_provider,
+        )
         # The gateway is a worker too (its tracker consumes downlink:events): it shows up in
         # GET /api/v1/workers with the tracker's counters.
         await stack.enter_async_context(
@@ -252,6 +265,7 @@ async def _open_resources(
                 (relay.run, relay.stop),
                 (tracker.run, tracker.stop),
                 (reconciler.run, reconciler.stop),
+                (scheduler.run, scheduler.stop),
             ],
         )
 

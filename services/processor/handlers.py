@@ -21,7 +21,6 @@ from opentelemetry import trace
 
 from services.processor import tasks
 from services.processor.rasters import ProcessingError
-from services.processor.staging import SourceMissing, Staging
 from shared.errors import JobCancelled
 from shared.events import (
     ArtifactCreated,
@@ -32,6 +31,7 @@ from shared.events import (
 )
 from shared.ids import ArtifactId, new_event_id
 from shared.storage import keys
+from shared.storage.staging import SourceMissing, Staging
 
 if TYPE_CHECKING:
     from pathlib import Path

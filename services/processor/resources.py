@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 from services.processor import tasks
 from services.processor.cancellations import RedisCancellations
 from services.processor.handlers import ProcessDeps
-from services.processor.staging import Staging
 from shared.process_pool import WorkerPool
 from shared.storage import open_storage
+from shared.storage.staging import Staging
 
 if TYPE_CHECKING:
     from shared.runner import WorkerContext

@@ -27,6 +27,7 @@ from shared.ids import TaskId, UserId, new_event_id, new_task_id
 
 if TYPE_CHECKING:
     from services.tasks.limits import TaskLimits
+    from shared.task_types import TaskType
 
 Report = Callable[[TaskEvent], Awaitable[None]]
 # A checkpoint is "where was I" (the next step, a cursor, the ids done), not the work's data:
@@ -61,6 +62,10 @@ class TaskTypes(Protocol):
         """The type of `task`; raises UnknownTask, or InvalidArguments naming the argument."""
         ...
 
+    async def lookup(self, task: str) -> TaskType:
+        """The registered type of `task`; raises shared.task_types.UnknownTaskType."""
+        ...
+
 
 class CheckpointStore(Protocol):
     """The workers' copy of each task's last checkpoint (JSON); PostgreSQL keeps the record."""
@@ -81,6 +86,7 @@ class Context:
         user_id: the owner, whose follow-ups `enqueue` queues (None outside a worker).
         checkpointed: the state the last `checkpoint` saved before this try began, or None:
             where to resume.
+        workflow_id, step: the workflow and step this task is the work of, or None.
     """
 
     def __init__(
@@ -97,8 +103,12 @@ class Context:
         checkpoints: CheckpointStore | None = None,
         progress_interval_s: float = 1.0,
         limits: TaskLimits | None = None,
+        workflow_id: str | None = None,
+        step: str | None = None,
     ) -> None:
         self.task_id = task_id
+        self.workflow_id = workflow_id
+        self.step = step
         self.task = task
         self.attempt = attempt
         self.user_id = user_id

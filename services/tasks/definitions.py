@@ -8,6 +8,8 @@ at enqueue. A parameter annotated `Context` is injected by the worker, never sen
 
 from __future__ import annotations
 
+import copy
+import functools
 import inspect
 import random
 import re
@@ -18,6 +20,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from services.tasks.canvas import Step
 from services.tasks.context import Context
 from shared.errors import PermanentError
 
@@ -95,6 +98,10 @@ class TaskDefinition:
     def schema(self) -> dict[str, Any]:
         """The JSON schema of the arguments (what GET /api/v1/task-types shows)."""
         return msgspec.json.schema(self.arguments)
+
+    def s(self, **args: Any) -> Step:
+        """A workflow step of this task with these arguments (Celery's signature)."""
+        return Step(self, args)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         # The decorated function stays callable as before, for tests and direct use.
@@ -189,6 +196,14 @@ def _executor_of(
     return executor
 
 
+def _default_of(default: Any) -> Any:
+    """A parameter's default as a Struct field takes it: a mutable one (a list, a dict) copied
+    for each call, as msgspec refuses to share one."""
+    if isinstance(default, list | dict | set | bytearray) and default:
+        return msgspec.field(default_factory=functools.partial(copy.deepcopy, default))
+    return default
+
+
 def _arguments_of(
     function: Callable[..., Any], task_name: str
 ) -> tuple[type[msgspec.Struct], str | None]:
@@ -205,7 +220,7 @@ def _arguments_of(
         elif parameter.default is parameter.empty:
             fields.append((parameter.name, annotation))
         else:
-            fields.append((parameter.name, annotation, parameter.default))
+            fields.append((parameter.name, annotation, _default_of(parameter.default)))
     struct_name = re.sub(r"\W", "_", task_name) + "_args"
     arguments = msgspec.defstruct(
         struct_name, fields, kw_only=True, forbid_unknown_fields=True, frozen=True

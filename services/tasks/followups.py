@@ -39,9 +39,12 @@ class FollowUpTypes:
             for name, definition in own.items()
         }
 
+    async def lookup(self, task: str) -> TaskType:
+        return self._own.get(task) or await self._catalogue.task_type(task)
+
     async def check(self, task: str, args: dict[str, Any]) -> FollowUpType:
         try:
-            found = self._own.get(task) or await self._catalogue.task_type(task)
+            found = await self.lookup(task)
         except UnknownTaskType as exc:
             raise UnknownTask(f"ctx.enqueue: {exc}") from None
         try:

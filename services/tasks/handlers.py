@@ -23,11 +23,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 import msgspec
 from opentelemetry import trace
 
+from services.tasks.canvas import Canvas
 from services.tasks.context import CheckpointStore, Context, TaskTypes
 from services.tasks.definitions import DEFAULT_TIMEOUT_S
 from shared.errors import JobCancelled, PermanentError, TransientError
 from shared.events import TaskCheckpointed, TaskFailed, TaskRetrying, TaskStarted, TaskSucceeded
 from shared.ids import new_event_id
+from shared.workflows import WorkflowInvalid, expansion, resolve
 
 if TYPE_CHECKING:
     from services.tasks.definitions import TaskDefinition
@@ -242,6 +244,8 @@ def _context(command: RunTask, deps: TaskDeps, this_try: _Try, stored: bytes | N
         checkpointed=command.checkpoint if stored is None else msgspec.json.decode(stored),
         task_types=deps.task_types,
         checkpoints=deps.checkpoints,
+        workflow_id=command.workflow_id,
+        step=command.step,
     )
 
 
@@ -298,10 +302,24 @@ async def _call(
         # Cancelled at the timeout like any try, which kills its process.
         run = deps.processes.run(hard_s, definition, kwargs)
     result = await _within(run, soft_s=soft_s, hard_s=hard_s)
+    if isinstance(result, Canvas):
+        return await _expansion(result, deps)
     try:
         return msgspec.to_builtins(result)
     except TypeError as exc:
         raise TypeError(f"the task's result is not JSON-serialisable: {exc}") from None
+
+
+async def _expansion(block: Canvas, deps: TaskDeps) -> dict[str, Any]:
+    """A step that returned a workflow block: the block checked as the gateway checks a
+    submitted one (the same messages), so a bad one fails the step here, for good."""
+    if deps.task_types is None:
+        raise RuntimeError("this worker cannot look up task types to expand a workflow step")
+    try:
+        steps = await resolve(block.to_spec(), deps.task_types.lookup)
+    except (ValueError, WorkflowInvalid) as exc:
+        raise PermanentError(f"the workflow this step returned cannot run: {exc}") from None
+    return expansion(steps)
 
 
 async def _within(run: Any, *, soft_s: float, hard_s: float) -> Any:

@@ -14,9 +14,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from services.processor.handlers import ProcessDeps, StepTimeouts
-from services.processor.staging import Staging
 from shared.ids import JobId, UserId
 from shared.storage.local import LocalStorage
+from shared.storage.staging import Staging
 
 # The gateway's fixtures (app, client, pool, tokens) for the saga tests of processing.
 from tests.gateway.conftest import (  # noqa: F401

@@ -19,7 +19,6 @@ from services.processor.handlers import (
     failure_event,
     process_file,
 )
-from services.processor.staging import Staging
 from shared.composites import ARTIFACTS_OF_COMPOSITE, COMPOSITE_ROLES
 from shared.errors import JobCancelled
 from shared.events import (
@@ -34,6 +33,7 @@ from shared.events import (
 from shared.ids import FileId, new_file_id
 from shared.process_pool import TaskTimeout, WorkerPool
 from shared.storage.local import LocalStorage
+from shared.storage.staging import Staging
 from tests.processor.conftest import JOB, USER, Processor
 from tests.processor.imagery import UTM_CRS, write_sentinel_bands
 

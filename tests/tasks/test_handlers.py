@@ -88,6 +88,16 @@ def test_the_argument_schema_leaves_the_context_out_and_names_defaults() -> None
     assert not lin.is_async
 
 
+def test_a_list_default_is_a_fresh_copy_for_each_call() -> None:
+    @task(name="defaults")
+    async def tagged(tags: list[str] = ["raw"]) -> list[str]:  # noqa: B006 - what is tested
+        return tags
+
+    first, second = (msgspec.convert({}, tagged.arguments) for _ in range(2))
+    assert first.tags == second.tags == ["raw"]
+    assert first.tags is not second.tags
+
+
 def test_backoff_is_linear_or_exponential_as_declared() -> None:
     # With a jitter of at most 5 %.
     assert [lin.policy.delay_s(n) for n in (1, 2, 3)] == pytest.approx([5, 10, 15], rel=0.051)

@@ -8,7 +8,7 @@ from uuid import UUID
 
 import msgspec
 
-from services.gateway.jobs.schemas import MAX_FILES_PER_JOB
+from services.gateway.jobs.specs import MAX_FILES_PER_JOB
 from shared.statuses import ExportStatus
 
 if TYPE_CHECKING:

@@ -28,20 +28,19 @@ from services.gateway.files import IfRangeHeader, RangeHeader, ranged_response
 from services.gateway.jobs.cancellation import announce_cancel
 from services.gateway.jobs.live import job_event_stream
 from services.gateway.jobs.queries import JobRepository
-from services.gateway.jobs.records import NewFile, NewJob
 from services.gateway.jobs.schemas import (
     CancelRequest,
     CancelResponse,
     JobListResponse,
     JobResultResponse,
     JobStatusResponse,
-    SubmitRequest,
     SubmitResponse,
     job_list_response,
     job_result_response,
     job_status_response,
     submit_response,
 )
+from services.gateway.jobs.specs import SubmitRequest
 from services.gateway.live import AfterQuery, LastEventIdHeader, draining, resume_after
 from services.gateway.outbox import OutboxRelay
 from services.gateway.responses import PARTIAL, IdempotencyKey, PageNumber, PerPage, errors
@@ -81,22 +80,7 @@ class DownloadsController(Controller):
         idempotency_key: IdempotencyKey = None,
     ) -> SubmitResponse:
         """Accept a download job: 1-10000 URLs, each downloaded into the caller's storage area."""
-        job = NewJob(
-            user_id=current_user.id,
-            priority=data.priority,
-            files=[
-                NewFile(
-                    url=file.url,
-                    filename=file.filename,
-                    sha256=file.sha256.lower() if file.sha256 else None,
-                )
-                for file in data.requested_files()
-            ],
-            metadata=data.metadata,
-            options=data.options(),
-            idempotency_key=idempotency_key,
-            timeout_s=data.timeout_s,
-        )
+        job = data.new_job(current_user.id, idempotency_key=idempotency_key)
         submitted = await repository.submit(job, trace_headers=trace_headers())
         if submitted.existing:
             message = "a job with this Idempotency-Key exists already; nothing new was queued"

@@ -16,6 +16,7 @@ from services.gateway.exports.automatic import export_finished_job
 from services.gateway.jobs.records import FileCounts
 from services.gateway.outbox import add_to_outbox
 from services.gateway.processing.queueing import open_work
+from services.gateway.workflows.jobs import job_step_ended
 from shared.events import ENCODER, JobFinished
 from shared.ids import JobId, new_event_id
 from shared.postgres import rows_affected
@@ -125,7 +126,29 @@ async def settle_job(connection: asyncpg.Connection, job_id: JobId, status: JobS
     )
     await queue_job_finished(connection, job_id, final, counts, headers=trace_headers())
     await export_finished_job(connection, job_id, final)  # when the job asked for one
+    await job_step_ended(connection, job_id, final)  # when it is a workflow's step
     log.info("job %s finished: %s (%d of %d stored)", job_id, final, counts.completed, counts.total)
+
+
+async def mark_job_cancelled(
+    connection: asyncpg.Connection, job_id: JobId, reason: str, *, headers: dict[str, str]
+) -> None:
+    """Mark the job (its row locked) and its unfinished files cancelled, queue its JobFinished
+    event and end its workflow step, if it is one; downloaders are told after the commit."""
+    await connection.execute(
+        "UPDATE jobs SET status = 'cancelled', error = $2, finished_at = now(),"
+        " updated_at = now() WHERE id = $1",
+        job_id,
+        reason,
+    )
+    await connection.execute(
+        "UPDATE files SET status = 'cancelled', updated_at = now()"
+        " WHERE job_id = $1 AND status IN ('pending', 'downloading')",
+        job_id,
+    )
+    counts = await file_counts(connection, job_id)
+    await queue_job_finished(connection, job_id, JobStatus.CANCELLED, counts, headers=headers)
+    await job_step_ended(connection, job_id, JobStatus.CANCELLED)
 
 
 # --- timeouts (the reconciler) --------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from services.gateway.errors import FileNotFound, JobAlreadyEnded, JobNotFound
-from services.gateway.jobs.lifecycle import file_counts, queue_job_finished
+from services.gateway.jobs.lifecycle import mark_job_cancelled
 from services.gateway.jobs.records import (
     ExportRef,
     FileRecord,
@@ -162,20 +162,8 @@ class JobRepository:
                 raise JobNotFound(job_id)
             if status in FINAL_JOB_STATUSES:
                 raise JobAlreadyEnded(job_id, status)
-            await connection.execute(
-                "UPDATE jobs SET status = 'cancelled', error = $2, finished_at = now(),"
-                " updated_at = now() WHERE id = $1",
-                job_id,
-                reason or "cancelled by the user",
-            )
-            await connection.execute(
-                "UPDATE files SET status = 'cancelled', updated_at = now()"
-                " WHERE job_id = $1 AND status IN ('pending', 'downloading')",
-                job_id,
-            )
-            counts = await file_counts(connection, job_id)
-            await queue_job_finished(
-                connection, job_id, JobStatus.CANCELLED, counts, headers=trace_headers
+            await mark_job_cancelled(
+                connection, job_id, reason or "cancelled by the user", headers=trace_headers
             )
 
     async def stored_file(self, user_id: UserId, file_id: FileId) -> StoredFile:

@@ -17,7 +17,7 @@ from shared.composites import COMPOSITE_ROLES, match_band
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from services.gateway.jobs.schemas import CompositeRequest, FileRequest
+    from services.gateway.jobs.specs import CompositeRequest, FileRequest
 
 ALLOWED_SCHEMES = frozenset({"http", "https"})
 # `metadata` is stored as jsonb and served back in every status and listing: bounded so that

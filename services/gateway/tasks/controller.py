@@ -7,10 +7,9 @@ from typing import Annotated
 from uuid import UUID
 
 from asyncpg import Pool
-from litestar import Controller, Response, get, post, route
+from litestar import Controller, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency
-from litestar.enums import HttpMethod
 from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.response import ServerSentEvent
 from opentelemetry import trace
@@ -20,7 +19,8 @@ from services.gateway.auth import User
 from services.gateway.errors import InvalidRequest
 from services.gateway.live import AfterQuery, LastEventIdHeader, draining, resume_after
 from services.gateway.outbox import OutboxRelay
-from services.gateway.responses import IdempotencyKey, PageNumber, PerPage, errors
+from services.gateway.responses import IdempotencyKey, PageNumber, PerPage, allow_methods, errors
+from services.gateway.tasks.cancellation import announce_task_cancels
 from services.gateway.tasks.enqueueing import enqueue, enqueue_batch
 from services.gateway.tasks.errors import BatchItemRefused, BatchTooLarge
 from services.gateway.tasks.live import task_event_stream
@@ -42,7 +42,6 @@ from services.gateway.tasks.schemas import (
     task_types_response,
 )
 from shared.settings import Settings
-from shared.streams import TASK_CANCEL_CHANNEL, task_cancelled_key
 from shared.task_catalogue import Catalogue, task_types
 from shared.task_types import TaskStatus, TaskTypeError, check_arguments
 from shared.telemetry import trace_headers
@@ -141,11 +140,7 @@ class TasksController(Controller):
         trace.get_current_span().set_attribute("downlink.task_count", len(enqueued))
         return BatchResponse(tasks=[enqueue_response(e) for e in enqueued])
 
-    @route("/", http_method=HttpMethod.OPTIONS, include_in_schema=False)
-    async def allowed_methods(self) -> Response[None]:
-        """The methods of /tasks: Litestar 2.25's own OPTIONS answer names only one handler's
-        method on a path that two handlers share."""
-        return Response(None, status_code=204, headers={"Allow": "GET, OPTIONS, POST"})
+    allowed_methods = allow_methods("/", "GET, OPTIONS, POST")
 
     @get("/", responses=errors(400))
     async def list_tasks(
@@ -233,10 +228,7 @@ class TasksController(Controller):
         async with pool.acquire() as connection, connection.transaction():
             await cancel_task(connection, current_user.id, task)
         # After the commit: PostgreSQL is the record; the flag and the message only hurry it.
-        async with redis.pipeline(transaction=True) as pipe:
-            pipe.set(task_cancelled_key(task), b"1", ex=settings.retention_s)
-            pipe.publish(TASK_CANCEL_CHANNEL, task)
-            await pipe.execute()
+        await announce_task_cancels(redis, [task], ttl_s=settings.retention_s)
         return TaskCancelResponse(task_id=task, status=TaskStatus.CANCELLED)
 
 

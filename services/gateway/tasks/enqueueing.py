@@ -42,8 +42,9 @@ async def enqueue(
     # key end up with one task.
     row = await connection.fetchrow(
         "INSERT INTO tasks (id, user_id, task, queue, args, priority, run_at, trace_id,"
-        " idempotency_key, command, parent_id) VALUES ($1, $2, $3, $4, $5, $6,"
-        " coalesce($7, now()), $8, $9, $10, $11) ON CONFLICT (user_id, idempotency_key) DO NOTHING"
+        " idempotency_key, command, parent_id, workflow_id, step) VALUES ($1, $2, $3, $4, $5, $6,"
+        " coalesce($7, now()), $8, $9, $10, $11, $12, $13)"
+        " ON CONFLICT (user_id, idempotency_key) DO NOTHING"
         " RETURNING id, status, queue, priority, created_at, run_at, run_at > now() AS delayed",
         task_id,
         new.user_id,
@@ -56,6 +57,8 @@ async def enqueue(
         new.idempotency_key,
         command,
         new.parent_id,
+        new.workflow_id,
+        new.step,
     )
     if row is None:
         raced = await _existing(connection, new)
@@ -83,6 +86,8 @@ def _command(task_id: TaskId, new: NewTask) -> bytes:
             args=new.args,
             queue=new.queue,
             priority=new.priority,
+            workflow_id=new.workflow_id,
+            step=new.step,
         )
     )
 

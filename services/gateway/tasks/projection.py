@@ -18,6 +18,8 @@ from services.gateway.executions.tries import End, finish_tries, interrupt_overt
 from services.gateway.projection import Projector, one_by_one
 from services.gateway.tasks.enqueueing import enqueue
 from services.gateway.tasks.records import NewTask
+from services.gateway.workflows.engine import StepEnd, steps_ended
+from services.gateway.workflows.records import StepStatus
 from shared.events import (
     ENCODER,
     TaskCheckpointed,
@@ -43,6 +45,11 @@ if TYPE_CHECKING:
     Ending = tuple[TaskSucceeded | TaskRetrying | TaskFailed, ExecutionStatus, str | None, int]
 
 _OPEN = "status IN ('pending', 'running')"
+# What a task's end returns: its owner, for the history, and its workflow step, if any.
+_ENDED = (
+    "e.id, t.user_id, t.workflow_id::text AS workflow_id, t.step, t.error,"
+    " CASE WHEN t.workflow_id IS NULL THEN NULL ELSE t.result END AS result"
+)
 
 
 async def lock_task_of(connection: asyncpg.Connection, event: TaskEvent) -> bool:
@@ -179,7 +186,7 @@ async def tasks_succeeded(
         " finished_at = to_timestamp(e.at), updated_at = now()"
         " FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::float8[],"
         "   $6::float8[]) AS e(id, result, attempt, worker, at, started_at)"
-        f" WHERE t.id = e.id::uuid AND t.{_OPEN} RETURNING e.id, t.user_id",
+        f" WHERE t.id = e.id::uuid AND t.{_OPEN} RETURNING {_ENDED}",
         [e.task_id for e in events],
         [_json(e.result) for e in events],
         [e.attempt for e in events],
@@ -192,6 +199,7 @@ async def tasks_succeeded(
         [(e, ExecutionStatus.COMPLETED, None, e.attempt) for e in events],
         owners=ended,
     )
+    await _end_steps(connection, ended, StepStatus.COMPLETED)
     return set()
 
 
@@ -224,7 +232,7 @@ async def tasks_failed(connection: asyncpg.Connection, events: Sequence[TaskFail
         " finished_at = to_timestamp(e.at), updated_at = now()"
         " FROM unnest($1::text[], $2::text[], $3::int[], $4::float8[], $5::bool[])"
         "   AS e(id, error, attempts, at, dead)"
-        f" WHERE t.id = e.id::uuid AND t.{_OPEN} RETURNING e.id, t.user_id",
+        f" WHERE t.id = e.id::uuid AND t.{_OPEN} RETURNING {_ENDED}",
         [e.task_id for e in events],
         [e.error for e in events],
         [e.attempts for e in events],
@@ -236,7 +244,21 @@ async def tasks_failed(connection: asyncpg.Connection, events: Sequence[TaskFail
         [(e, ExecutionStatus.FAILED, e.error, e.attempts) for e in events],
         owners=ended,
     )
+    await _end_steps(connection, ended, StepStatus.FAILED)
     return set()
+
+
+async def _end_steps(
+    connection: asyncpg.Connection, ended: Sequence[asyncpg.Record], status: StepStatus
+) -> None:
+    """The workflow steps among the tasks that just ended move their workflows on."""
+    ends = [
+        StepEnd(row["workflow_id"], row["step"], status, row["result"], row["error"])
+        for row in ended
+        if row["workflow_id"] is not None
+    ]
+    if ends:
+        await steps_ended(connection, ends)
 
 
 async def _end_tries(
@@ -285,9 +307,14 @@ PROJECTORS: dict[type, Projector] = {
     TaskProgress: Projector(
         apply=tasks_progressed, lock=lock_task_of, lock_all=lock_tasks, claimed=False
     ),
-    TaskSucceeded: Projector(apply=tasks_succeeded, lock=lock_task_of, lock_all=lock_tasks),
+    # A task's end may start the next steps of its workflow: outbox rows.
+    TaskSucceeded: Projector(
+        apply=tasks_succeeded, lock=lock_task_of, lock_all=lock_tasks, writes_outbox=True
+    ),
     TaskRetrying: Projector(apply=tasks_retrying, lock=lock_task_of, lock_all=lock_tasks),
-    TaskFailed: Projector(apply=tasks_failed, lock=lock_task_of, lock_all=lock_tasks),
+    TaskFailed: Projector(
+        apply=tasks_failed, lock=lock_task_of, lock_all=lock_tasks, writes_outbox=True
+    ),
     # A follow-up is rare, and its enqueue a handful of statements: one by one.
     TaskEnqueued: Projector(
         apply=one_by_one(task_enqueued),

@@ -11,10 +11,14 @@ from services.gateway.tasks.records import (
     TaskPage,
     TaskRecord,
 )
+from services.gateway.workflows.engine import StepEnd, steps_ended
+from services.gateway.workflows.records import StepStatus
 from shared.ids import TaskId
 from shared.task_types import TaskStatus
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import asyncpg
 
     from shared.ids import UserId
@@ -70,18 +74,36 @@ async def cancel_task(connection: asyncpg.Connection, user_id: UserId, task_id: 
         raise TaskNotFound(task_id)
     if status not in OPEN_STATUSES:
         raise TaskAlreadyEnded(task_id, status)
-    await connection.execute(
+    ended = await cancel_open_tasks(connection, [task_id])
+    steps = [
+        StepEnd(row["workflow_id"], row["step"], StepStatus.CANCELLED, error="cancelled")
+        for row in ended
+        if row["workflow_id"] is not None
+    ]
+    if steps:
+        await steps_ended(connection, steps)
+
+
+async def cancel_open_tasks(
+    connection: asyncpg.Connection, task_ids: Sequence[str]
+) -> list[asyncpg.Record]:
+    """Mark those of `task_ids` still open cancelled, with their running tries, in two
+    statements (the caller's transaction, the rows locked); the ones it moved, with their
+    workflow steps. Workers hear of it from the caller, after the commit."""
+    ended = await connection.fetch(
         "UPDATE tasks SET status = 'cancelled', finished_at = now(), updated_at = now()"
-        " WHERE id = $1",
-        task_id,
+        " WHERE id = ANY($1::uuid[]) AND status IN ('pending', 'running')"
+        " RETURNING id::text AS id, workflow_id::text AS workflow_id, step",
+        list(task_ids),
     )
     await connection.execute(
         "UPDATE executions SET status = 'cancelled', finished_at = now(),"
         " duration_s = greatest(0, extract(epoch FROM now() - started_at)),"
         " error = coalesce(error, 'the task was cancelled while this ran')"
-        " WHERE task = 'task' AND subject_id = $1 AND status = 'running'",
-        task_id,
+        " WHERE task = 'task' AND subject_id = ANY($1::text[]) AND status = 'running'",
+        [row["id"] for row in ended],
     )
+    return list(ended)
 
 
 def _record(row: asyncpg.Record) -> TaskRecord:

@@ -17,7 +17,8 @@ class NewTask(msgspec.Struct, frozen=True, kw_only=True):
     """A task to enqueue, checked against its registered type already.
 
     `task_id` is given by a follow-up (its worker chose it, so a replay writes nothing new);
-    None draws a new one. `parent_id` is the task that enqueued it.
+    None draws a new one. `parent_id` is the task that enqueued it; `workflow_id` and `step`
+    the workflow step it is the work of.
     """
 
     user_id: UserId
@@ -30,6 +31,8 @@ class NewTask(msgspec.Struct, frozen=True, kw_only=True):
     unique: bool = False
     task_id: TaskId | None = None
     parent_id: TaskId | None = None
+    workflow_id: str | None = None
+    step: str | None = None
 
 
 class EnqueuedTask(msgspec.Struct, frozen=True, kw_only=True):

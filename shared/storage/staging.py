@@ -1,4 +1,4 @@
-"""Moving bytes between storage and the local disk the pool workers read and write.
+"""Moving bytes between storage and the local disk that GDAL and the pool workers read and write.
 
 GDAL needs a file path. With local storage the stored file is read in place; any other backend
 gets a scratch copy first. Outputs are written to scratch, then streamed into storage under

@@ -1,0 +1,96 @@
+"""POST /api/v1/queues/{queue}/purge: admins drop a task queue's waiting work, as Celery's purge.
+
+Every pending task of the queue (delayed ones and those waiting out a retry's backoff too)
+is cancelled in one transaction; running tasks are left alone. Workers then treat each one
+as a cancelled task: a command already in a lane, or held by a worker, is skipped, never run.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import TYPE_CHECKING
+
+import msgspec
+from asyncpg import Pool
+from litestar import Controller, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath
+from redis.asyncio import Redis
+
+from services.gateway.auth import User, admin_guard
+from services.gateway.errors import InvalidRequest
+from services.gateway.responses import errors
+from shared.settings import Settings
+from shared.streams import TASK_CANCEL_CHANNEL, task_cancelled_key
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+log = logging.getLogger(__name__)
+
+# The names workers may give a queue (services.tasks.definitions.QUEUE_NAME).
+_QUEUE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+# Cancel flags and messages per Redis round trip.
+_ANNOUNCE_BATCH = 1000
+
+
+class PurgeResponse(msgspec.Struct, frozen=True, kw_only=True):
+    """How many pending tasks of the queue were cancelled (0 for a queue no task is in)."""
+
+    queue: str
+    purged: int
+
+
+class QueuesController(Controller):
+    """Operator actions on task queues; 403 for anyone who is not an admin."""
+
+    path = "/queues"
+    tags = ["admin"]  # noqa: RUF012 - Litestar reads this class attribute as is
+
+    @post(
+        "/{queue:str}/purge",
+        status_code=200,
+        # On each handler, not the controller: see AdminController.
+        guards=[admin_guard],
+        responses=errors(400, 403, meaning={403: "the caller is not an admin"}),
+    )
+    async def purge(
+        self,
+        *,
+        queue: FromPath[str],
+        current_user: NamedDependency[User],
+        pool: NamedDependency[Pool],
+        redis: NamedDependency[Redis],
+        settings: NamedDependency[Settings],
+    ) -> PurgeResponse:
+        """Cancel every pending task of `queue` (every user's); running ones go on."""
+        if not _QUEUE_NAME.fullmatch(queue):
+            raise InvalidRequest(f"queue: {queue!r} is not a queue name (A-Z a-z 0-9 _ . -)")
+        async with pool.acquire() as connection, connection.transaction():
+            rows = await connection.fetch(
+                "UPDATE tasks SET status = 'cancelled', finished_at = now(), updated_at = now()"
+                " WHERE queue = $1 AND status = 'pending' RETURNING id",
+                queue,
+            )
+        purged = [str(row["id"]) for row in rows]
+        await _announce(redis, purged, ttl_s=settings.retention_s)
+        log.warning(
+            "queue %s purged by %s: %d pending tasks cancelled",
+            queue,
+            current_user.name,
+            len(purged),
+            extra={"queue": queue, "purged": len(purged), "user_id": current_user.id},
+        )
+        return PurgeResponse(queue=queue, purged=len(purged))
+
+
+async def _announce(redis: Redis, task_ids: Sequence[str], *, ttl_s: int) -> None:
+    """What a task cancel tells the workers, for each task: its flag (read as a try starts)
+    and a message (heard by a worker holding it). After the commit: PostgreSQL is the record."""
+    for start in range(0, len(task_ids), _ANNOUNCE_BATCH):
+        async with redis.pipeline(transaction=False) as pipe:
+            for task_id in task_ids[start : start + _ANNOUNCE_BATCH]:
+                pipe.set(task_cancelled_key(task_id), b"1", ex=ttl_s)
+                pipe.publish(TASK_CANCEL_CHANNEL, task_id)
+            await pipe.execute()

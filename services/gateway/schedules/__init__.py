@@ -1,0 +1,1 @@
+"""Schedules: cron or interval runs of a registered task, fired by one gateway at a time."""
