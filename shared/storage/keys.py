@@ -32,3 +32,8 @@ def artifact_prefix(
 def archive_key(user_id: str, export_id: str, archive_format: str) -> str:
     """A finished export archive: `<user_id>/exports/<export_id>.<zip|tar.gz>`."""
     return f"{user_area(user_id)}exports/{export_id}.{ARCHIVE_EXTENSIONS[archive_format]}"
+
+
+def workflow_key(user_id: str, workflow_id: str, name: str) -> str:
+    """A file a workflow's step made: `<user_id>/workflows/<workflow_id>/<name>`."""
+    return f"{user_area(user_id)}workflows/{workflow_id}/{name}"

@@ -131,11 +131,17 @@ def wgs84_box(
     return (lon_w, lat_s, lon_e, lat_n)
 
 
-def covering_window(bounds: tuple[float, float, float, float]) -> tuple[slice, slice]:
+def covering_window(
+    bounds: tuple[float, float, float, float],
+    *,
+    crs: str = CAPTURE_CRS,
+    origin: tuple[float, float] = CAPTURE_ORIGIN,
+    shape: tuple[int, int] = CAPTURE_SHAPE,
+) -> tuple[slice, slice]:
     """(rows, cols) of the capture's 10 m pixels the bbox touches: its densified footprint in
-    UTM, out to whole pixels, clipped to the capture."""
+    UTM, out to whole pixels, clipped to the capture (this module's, or one given)."""
     lon_w, lat_s, lon_e, lat_n = bounds
-    to_utm = Transformer.from_crs("EPSG:4326", CAPTURE_CRS, always_xy=True)
+    to_utm = Transformer.from_crs("EPSG:4326", crs, always_xy=True)
     along = np.linspace(0.0, 1.0, 64)
     lons_across = lon_w + along * (lon_e - lon_w)
     lats_across = lat_s + along * (lat_n - lat_s)
@@ -148,9 +154,9 @@ def covering_window(bounds: tuple[float, float, float, float]) -> tuple[slice, s
     xs, ys = to_utm.transform(
         np.concatenate([lons for lons, _ in edges]), np.concatenate([lats for _, lats in edges])
     )
-    west, north = CAPTURE_ORIGIN
+    west, north = origin
     col0 = max(0, math.floor((min(xs) - west) / 10.0))
-    col1 = min(CAPTURE_SHAPE[1], math.ceil((max(xs) - west) / 10.0))
+    col1 = min(shape[1], math.ceil((max(xs) - west) / 10.0))
     row0 = max(0, math.floor((north - max(ys)) / 10.0))
-    row1 = min(CAPTURE_SHAPE[0], math.ceil((north - min(ys)) / 10.0))
+    row1 = min(shape[0], math.ceil((north - min(ys)) / 10.0))
     return slice(row0, row1), slice(col0, col1)

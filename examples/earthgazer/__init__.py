@@ -1,0 +1,1 @@
+"""EarthGazer on Downlink: discover Sentinel-2 captures on a STAC API, back them up, process."""
