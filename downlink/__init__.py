@@ -36,7 +36,17 @@ from downlink.client import (
     Unavailable,
 )
 from downlink.client.models import Job, JobProgress, JobResult, StoredFile, Task, TaskPage, TaskType
-from services.tasks.canvas import Canvas, Step, chain, chord, download, group, step, workflow
+from services.tasks.canvas import (
+    Canvas,
+    Step,
+    chain,
+    chord,
+    download,
+    export,
+    group,
+    step,
+    workflow,
+)
 from services.tasks.context import Context
 from services.tasks.definitions import Permanent, TaskDefinition, TaskPolicy, task
 
@@ -75,6 +85,7 @@ __all__ = [
     "chain",
     "chord",
     "download",
+    "export",
     "group",
     "step",
     "task",

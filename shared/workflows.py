@@ -28,8 +28,11 @@ MAX_STEPS = 10_000
 STEP_KEY = re.compile(r"[A-Za-z0-9_.:-]{1,100}")
 # The built-in step that submits a download job; its arguments are a job's body.
 DOWNLOAD = "downlink.download"
+# The built-in step that exports what the workflow made so far: {"format": "zip" | "tar.gz"}.
+EXPORT = "downlink.export"
+EXPORT_FORMATS = ("zip", "tar.gz")
 
-StepKind = Literal["task", "download"]
+StepKind = Literal["task", "download", "export"]
 
 
 class StepSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -143,6 +146,9 @@ async def resolve(spec: WorkflowSpec, lookup: Lookup) -> list[ResolvedStep]:
         if step.task == DOWNLOAD:
             resolved.append(_download_step(i, step))
             continue
+        if step.task == EXPORT:
+            resolved.append(_export_step(i, step))
+            continue
         if step.task not in types:
             try:
                 types[step.task] = await lookup(step.task)
@@ -183,6 +189,26 @@ def _download_step(i: int, step: StepSpec) -> ResolvedStep:
         input=input_name,
         queue="downloads",
         priority=step.priority or int(step.args.get("priority", 5)),
+        gather=step.gather,
+    )
+
+
+def _export_step(i: int, step: StepSpec) -> ResolvedStep:
+    # Its parents' results are not fed: it packs whatever the workflow has made by then.
+    unexpected = sorted(set(step.args) - {"format"})
+    if unexpected:
+        raise WorkflowInvalid(f"steps[{i}].args.{unexpected[0]}: unexpected argument")
+    if step.args.get("format", "zip") not in EXPORT_FORMATS:
+        raise WorkflowInvalid(f"steps[{i}].args.format: one of {', '.join(EXPORT_FORMATS)}")
+    return ResolvedStep(
+        key=step.key,
+        kind="export",
+        task=EXPORT,
+        args={"format": step.args.get("format", "zip")},
+        after=step.after,
+        input=None,
+        queue="exports",
+        priority=step.priority or 5,
         gather=step.gather,
     )
 

@@ -204,6 +204,7 @@ RECORD_SIDE = [
     "services.gateway.exports.commands",
     "services.gateway.exports.projection",
     "services.gateway.exports.queries",
+    "services.gateway.exports.insertion",
     "services.gateway.exports.records",
     "services.gateway.exports.selection",
     "services.gateway.executions.history",
@@ -218,6 +219,18 @@ RECORD_SIDE = [
     "services.gateway.tasks.queries",
     "services.gateway.tasks.enqueueing",
     "services.gateway.tasks.records",
+    "shared.workflows",
+    "services.gateway.workflows.artifacts",
+    "services.gateway.workflows.cancellation",
+    "services.gateway.workflows.engine",
+    "services.gateway.workflows.errors",
+    "services.gateway.workflows.exports",
+    "services.gateway.workflows.jobs",
+    "services.gateway.workflows.launch",
+    "services.gateway.workflows.queries",
+    "services.gateway.workflows.records",
+    "services.gateway.workflows.steps",
+    "services.gateway.workflows.submission",
 ]
 
 

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from downlink import Canvas, Permanent, Step, chain, download, group, task, workflow
+from downlink import Canvas, Permanent, Step, chain, download, export, group, task, workflow
 from examples.earthgazer.discover import discover_captures, download_files
 from examples.earthgazer.tasks import BANDS, IO_QUEUE, backup, discover, ndvi, rgb, stack, temporal
 
@@ -51,7 +51,10 @@ def captures_pipeline(
     backup_dir: str,
     *,
     run_temporal_analysis: bool,
+    export_format: str | None = None,
 ) -> Canvas:
+    """Every capture's steps side by side, the temporal analysis over their NDVI, then (with
+    `export_format`) one archive of everything the run made and downloaded."""
     if not captures:
         raise Permanent("captures: none found to process")
     parts = [capture_pipeline(capture, bounds, backup_dir) for capture in captures]
@@ -59,7 +62,9 @@ def captures_pipeline(
     if run_temporal_analysis:
         after = [index for _, index in parts]
         blocks.append(Step(temporal, {"bounds": bounds}, key="temporal", after=after))
-    return group(*blocks)
+    if export_format is None:
+        return group(*blocks)
+    return chain(group(*blocks), export(export_format, key="export"))
 
 
 @task(name="earthgazer.process_captures", queue=IO_QUEUE)
@@ -106,8 +111,10 @@ def process_multiple_captures_workflow(
     collection: str,
     backup_dir: str,
     run_temporal_analysis: bool = True,
+    export_format: str | None = None,
 ) -> Canvas:
-    """The named captures (looked up in the STAC API by id) processed over `bounds`."""
+    """The named captures (looked up in the STAC API by id) processed over `bounds`; with
+    `export_format` ("zip" or "tar.gz"), packed into one archive at the end."""
     found = discover_captures(
         stac_url,
         collection=collection,
@@ -122,7 +129,11 @@ def process_multiple_captures_workflow(
         raise Permanent(f"capture_ids: not found over the bounds in {collection}: {missing}")
     captures = [by_id[cid] for cid in capture_ids]
     return captures_pipeline(
-        captures, bounds, backup_dir, run_temporal_analysis=run_temporal_analysis
+        captures,
+        bounds,
+        backup_dir,
+        run_temporal_analysis=run_temporal_analysis,
+        export_format=export_format,
     )
 
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from shared.workflows import DOWNLOAD, StepSpec, WorkflowSpec
+from shared.workflows import DOWNLOAD, EXPORT, StepSpec, WorkflowSpec
 
 if TYPE_CHECKING:
     from services.tasks.definitions import TaskDefinition
@@ -175,6 +175,15 @@ def download(
     if files is not None:
         args["files"] = list(files)
     return Step(DOWNLOAD, args, key=key, after=after, priority=job.get("priority"))
+
+
+def export(
+    export_format: str = "zip", *, key: str | None = None, after: Sequence[Step] = ()
+) -> Step:
+    """An export as a step: one archive (zip or tar.gz) of every artifact and downloaded file
+    the workflow has by then, with a STAC ItemCollection. Its result is the export's id,
+    format, size and SHA-256, once the archive is ready."""
+    return Step(EXPORT, {"format": export_format}, key=key, after=after)
 
 
 def workflow(

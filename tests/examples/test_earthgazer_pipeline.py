@@ -122,6 +122,7 @@ def test_earthgazers_workflow_runs_end_to_end_through_a_sigkill(
             "stac_url": stac_api.url,
             "collection": SENTINEL_COLLECTION,
             "backup_dir": str(backup_dir),
+            "export_format": "zip",
         },
     )
     wait_until(lambda: stack_step_launched(alice, workflow_id), "a stack step queued", poll_s=0.01)
@@ -161,6 +162,10 @@ def test_earthgazers_workflow_runs_end_to_end_through_a_sigkill(
     assert csv[0] == "date,mean,min,max,std,valid_share"
     assert len(csv) == 1 + len(MATCHING_IDS)
 
+    # The workflow's last step packed everything: its result is the ready archive.
+    packed_step = steps["process_multiple_captures_workflow/export"]["result"]
+    archive = alice.get(packed_step["download_url"])
+    assert hashlib.sha256(archive.content).hexdigest() == packed_step["sha256"]
     exported = alice.post(f"/api/v1/workflows/{workflow_id}/export", json={"format": "zip"})
     assert exported.status_code == 202, exported.text
     export_id = exported.json()["export_id"]
@@ -168,7 +173,10 @@ def test_earthgazers_workflow_runs_end_to_end_through_a_sigkill(
         lambda: alice.get(f"/api/v1/downloads/exports/{export_id}").json()["status"] == "ready",
         "the export",
     )
-    archive = alice.get(f"/api/v1/downloads/exports/{export_id}/download")
+    again = alice.get(f"/api/v1/downloads/exports/{export_id}/download")
+    assert zipfile.ZipFile(io.BytesIO(again.content)).namelist() == (
+        zipfile.ZipFile(io.BytesIO(archive.content)).namelist()
+    )
     with zipfile.ZipFile(io.BytesIO(archive.content)) as packed:
         members = set(packed.namelist())
         assert {f"workflow/{name}" for name in names} <= members

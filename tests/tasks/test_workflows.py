@@ -235,6 +235,16 @@ def test_cancel_reaches_running_and_waiting_steps(stack: Pipeline) -> None:
             422,
             "steps[1].key: 'a' names two steps",
         ),
+        (
+            [{"key": "pack", "task": "downlink.export", "args": {"format": "rar"}}],
+            422,
+            "steps[0].args.format: one of zip, tar.gz",
+        ),
+        (
+            [{"key": "get", "task": "downlink.download", "args": {"urls": ["ftp://127.0.0.1/a"]}}],
+            422,
+            "steps[0].args: urls[0]: unsupported scheme 'ftp'",
+        ),
     ],
 )
 def test_a_bad_dag_is_refused_naming_the_field_and_nothing_is_stored(

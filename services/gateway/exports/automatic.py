@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from services.gateway.exports.queries import insert_export
+from services.gateway.exports.insertion import insert_export
 from services.gateway.exports.selection import resolve_selection
 from shared.ids import UserId
 from shared.statuses import JobStatus

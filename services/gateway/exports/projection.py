@@ -10,6 +10,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from services.gateway.projection import Projector, one_by_one
+from services.gateway.workflows.exports import export_step_ended
 from shared.events import ExportFailed, ExportProgress, ExportReady
 
 if TYPE_CHECKING:
@@ -53,6 +54,7 @@ async def export_ready(connection: asyncpg.Connection, event: ExportReady) -> bo
         event.at,
     )
     log.info("export %s ready", event.export_id, extra={"export_id": event.export_id})
+    await export_step_ended(connection, event.export_id)  # when it is a workflow's step
     return False
 
 
@@ -65,6 +67,7 @@ async def export_failed(connection: asyncpg.Connection, event: ExportFailed) -> 
         event.at,
     )
     log.info("export %s failed", event.export_id, extra={"export_id": event.export_id})
+    await export_step_ended(connection, event.export_id)
     return False
 
 
@@ -74,6 +77,9 @@ PROJECTORS: dict[type, Projector] = {
     ExportProgress: Projector(
         apply=one_by_one(export_progress), lock=lock_export_of, claimed=False
     ),
-    ExportReady: Projector(apply=one_by_one(export_ready), lock=lock_export_of),
-    ExportFailed: Projector(apply=one_by_one(export_failed), lock=lock_export_of),
+    # An export step's end may start the steps after it: outbox rows.
+    ExportReady: Projector(apply=one_by_one(export_ready), lock=lock_export_of, writes_outbox=True),
+    ExportFailed: Projector(
+        apply=one_by_one(export_failed), lock=lock_export_of, writes_outbox=True
+    ),
 }

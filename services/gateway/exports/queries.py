@@ -17,15 +17,12 @@ from services.gateway.errors import (
     ExportTooLarge,
     NotExportable,
 )
-from services.gateway.exports.commands import EXPORTS
+from services.gateway.exports.insertion import insert_export
 from services.gateway.exports.records import CreatedExport, ExportRecord, StoredArchive
 from services.gateway.exports.selection import paths_to_keys, refuse_tampered, resolve_selection
-from services.gateway.outbox import add_to_outbox
-from shared.events import ENCODER, BuildExport
-from shared.ids import ExportId, JobId
+from services.gateway.workflows.exports import export_step_ended
+from shared.ids import JobId
 from shared.statuses import ExportStatus
-from shared.streams import EXPORT_STREAM
-from shared.telemetry import trace_headers
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -149,6 +146,7 @@ class ExportRepository:
                 export_id,
                 reason or "cancelled by the user",
             )
+            await export_step_ended(connection, export_id)
 
 
 def _refuse_unexportable(selection: Selection, *, max_bytes: int) -> None:
@@ -168,51 +166,3 @@ def _refuse_unexportable(selection: Selection, *, max_bytes: int) -> None:
             f"{len(selection.items)} files, over the export size limit of {max_bytes} "
             "bytes (DOWNLINK_MAX_EXPORT_SIZE); export fewer files at a time"
         )
-
-
-async def insert_export(
-    connection: asyncpg.Connection,
-    *,
-    user_id: UserId,
-    job_id: JobId | None,
-    export_format: ExportFormat,
-    include_metadata: bool,
-    selection: Selection,
-) -> ExportId:
-    """Write the export row and its BuildExport command (outbox) in the caller's transaction.
-
-    The row keeps the command too: the reconciler publishes it again, as is, should Redis lose it.
-    """
-    export_id = ExportId(str(uuid.uuid4()))
-    command = BuildExport(
-        export_id=export_id,
-        user_id=user_id,
-        format=export_format,
-        include_metadata=include_metadata,
-        items=selection.items,
-        jobs=selection.jobs,
-    )
-    body = ENCODER.encode(command)
-    await connection.execute(
-        "INSERT INTO exports (id, user_id, job_id, format, include_metadata, file_count,"
-        " total_bytes, command) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        export_id,
-        user_id,
-        job_id,
-        export_format,
-        include_metadata,
-        len(selection.items),
-        selection.total_bytes,
-        body,
-    )
-    await add_to_outbox(
-        connection, EXPORT_STREAM, body, headers=trace_headers(), command_key=EXPORTS.key(export_id)
-    )
-    log.info(
-        "export %s queued: %d items, %d bytes",
-        export_id,
-        len(selection.items),
-        selection.total_bytes,
-        extra={"export_id": export_id, "job_id": job_id},
-    )
-    return export_id

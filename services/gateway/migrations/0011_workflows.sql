@@ -28,7 +28,7 @@ CREATE TABLE workflow_steps (
     workflow_id      uuid NOT NULL REFERENCES workflows (id) ON DELETE CASCADE,
     key              text NOT NULL,             -- an expansion's steps: '<owner key>/<key>'
     position         integer NOT NULL,          -- submission (and expansion) order
-    kind             text NOT NULL CHECK (kind IN ('task', 'download')),
+    kind             text NOT NULL CHECK (kind IN ('task', 'download', 'export')),
     task             text NOT NULL,
     queue            text NOT NULL,
     priority         smallint NOT NULL,
@@ -47,6 +47,7 @@ CREATE TABLE workflow_steps (
     open_children    integer NOT NULL DEFAULT 0, -- an expanded step's steps not ended yet
     task_id          uuid,
     job_id           uuid,
+    export_id        uuid,
     result           jsonb,
     error            text,
     launched_at      timestamptz,
@@ -59,5 +60,8 @@ ALTER TABLE tasks
     ADD COLUMN workflow_id uuid REFERENCES workflows (id) ON DELETE CASCADE,
     ADD COLUMN step text;
 ALTER TABLE jobs
+    ADD COLUMN workflow_id uuid REFERENCES workflows (id) ON DELETE CASCADE,
+    ADD COLUMN step text;
+ALTER TABLE exports
     ADD COLUMN workflow_id uuid REFERENCES workflows (id) ON DELETE CASCADE,
     ADD COLUMN step text;

@@ -9,7 +9,7 @@ from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from services.gateway.errors import NotFound
-from services.gateway.exports.queries import insert_export
+from services.gateway.exports.insertion import insert_export
 from services.gateway.exports.records import Selection
 from services.gateway.exports.selection import refuse_tampered, resolve_selection
 from services.gateway.workflows.errors import WorkflowNotFound, WorkflowRefused
@@ -67,9 +67,13 @@ async def export_workflow(
     workflow_id: str,
     *,
     export_format: ExportFormat,
-    storage: Storage,
+    storage: Storage | None = None,
 ) -> tuple[ExportId, Selection]:
-    """Queue the export of every artifact of the workflow and its download steps' files."""
+    """Queue the export of every artifact of the workflow and its download steps' files.
+
+    With `storage` (a request), files changed on disk since they were recorded are refused
+    now; without it (an export step the tracker queues), the exporter's own check of each
+    file's size and SHA-256 as it reads it fails the export instead."""
     made = await artifacts_of(connection, user_id, workflow_id)
     job_ids = await connection.fetch(
         "SELECT job_id FROM workflow_steps WHERE workflow_id = $1 AND job_id IS NOT NULL"
@@ -83,7 +87,8 @@ async def export_workflow(
     if not items:
         raise WorkflowRefused("the workflow has no stored files or artifacts yet", status_code=409)
     selection = Selection(items=items, jobs=downloads.jobs)
-    await refuse_tampered(selection, storage)
+    if storage is not None:
+        await refuse_tampered(selection, storage)
     export_id = await insert_export(
         connection,
         user_id=user_id,

@@ -1,6 +1,6 @@
 """Cancelling a workflow: every open step's task or job, and every step not started yet.
 
-The rows are locked in the tracker's order (jobs, then tasks, then the workflow), so a cancel
+The rows are locked in the tracker's order (jobs, tasks, exports, then the workflow), so a cancel
 racing the projection of a step's end cannot deadlock with it. The workers are told after the
 commit, by the caller: PostgreSQL holds the cancel, Redis only hurries it.
 """
@@ -28,6 +28,7 @@ class Cancelled(msgspec.Struct, frozen=True, kw_only=True):
 
     task_ids: list[str]
     job_ids: list[JobId]
+    export_ids: list[str]
 
 
 async def cancel_workflow(
@@ -54,6 +55,12 @@ async def cancel_workflow(
         " AND status IN ('pending', 'running') ORDER BY id FOR UPDATE",
         workflow_id,
     )
+    exports = await connection.fetch(
+        "UPDATE exports SET status = 'cancelled', error = 'its workflow was cancelled',"
+        " finished_at = now(), updated_at = now()"
+        " WHERE workflow_id = $1 AND status IN ('pending', 'building') RETURNING id::text AS id",
+        workflow_id,
+    )
     status = await connection.fetchval(
         "SELECT status FROM workflows WHERE id = $1 FOR UPDATE", workflow_id
     )
@@ -77,5 +84,7 @@ async def cancel_workflow(
         )
     ended = await cancel_open_tasks(connection, [task["id"] for task in tasks])
     return Cancelled(
-        task_ids=[row["id"] for row in ended], job_ids=[JobId(job["id"]) for job in jobs]
+        task_ids=[row["id"] for row in ended],
+        job_ids=[JobId(job["id"]) for job in jobs],
+        export_ids=[row["id"] for row in exports],
     )

@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 
 from services.gateway.auth import User
 from services.gateway.errors import InvalidRequest, NotFound
+from services.gateway.exports.cancellation import announce_export_cancel
 from services.gateway.exports.records import CreatedExport
 from services.gateway.exports.schemas import ExportCreateResponse, export_created_response
 from services.gateway.files import attachment
@@ -237,6 +238,8 @@ class WorkflowsController(Controller):
         await announce_task_cancels(redis, cancelled.task_ids, ttl_s=settings.retention_s)
         for job_id in cancelled.job_ids:
             await announce_cancel(redis, job_id, ttl_s=settings.retention_s)
+        for export_id in cancelled.export_ids:
+            await announce_export_cancel(redis, export_id, ttl_s=settings.retention_s)
         return WorkflowCancelResponse(workflow_id=workflow, status=WorkflowStatus.CANCELLED)
 
 

@@ -7,15 +7,19 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from services.gateway.errors import GatewayError
 from services.gateway.jobs.specs import SubmitRequest
 from services.gateway.jobs.submit import submit_job
 from services.gateway.tasks.enqueueing import enqueue
 from services.gateway.tasks.records import NewTask
+from services.gateway.workflows.artifacts import export_workflow
 from shared.ids import TaskId, UserId
 from shared.telemetry import span_context_of
 
 if TYPE_CHECKING:
     import asyncpg
+
+    from shared.events import ExportFormat
 
 
 async def launch_step(
@@ -43,6 +47,8 @@ async def launch_step(
         return await _submit_download(
             connection, workflow_id, user_id, key, args, trace_headers=trace_headers
         )
+    if step["kind"] == "export":
+        return await _queue_export(connection, workflow_id, user_id, key, args["format"])
     parent = span_context_of(trace_headers.get("traceparent", ""))
     enqueued = await enqueue(
         connection,
@@ -107,6 +113,26 @@ async def _submit_download(
     return None
 
 
+async def _queue_export(
+    connection: asyncpg.Connection,
+    workflow_id: str,
+    user_id: str,
+    key: str,
+    export_format: ExportFormat,
+) -> str | None:
+    try:
+        export_id, _ = await export_workflow(
+            connection, UserId(user_id), workflow_id, export_format=export_format
+        )
+    except GatewayError as exc:
+        return f"the export cannot be queued: {exc}"
+    await connection.execute(
+        "UPDATE exports SET workflow_id = $2, step = $3 WHERE id = $1", export_id, workflow_id, key
+    )
+    await _launched(connection, workflow_id, key, export_id=export_id)
+    return None
+
+
 def _with_files(args: dict[str, Any]) -> dict[str, Any]:
     """A download step's body, with fed files in the shapes a parent may give them: a list of
     URLs or of {url, filename?, sha256?}, or a result holding such a list under `files`."""
@@ -136,12 +162,14 @@ async def _launched(
     *,
     task_id: TaskId | None = None,
     job_id: str | None = None,
+    export_id: str | None = None,
 ) -> None:
     await connection.execute(
         "UPDATE workflow_steps SET status = 'launched', task_id = $3, job_id = $4,"
-        " launched_at = now() WHERE workflow_id = $1 AND key = $2",
+        " export_id = $5, launched_at = now() WHERE workflow_id = $1 AND key = $2",
         workflow_id,
         key,
         task_id,
         job_id,
+        export_id,
     )
