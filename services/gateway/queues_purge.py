@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import TYPE_CHECKING
 
 import msgspec
 from asyncpg import Pool
@@ -21,18 +20,14 @@ from redis.asyncio import Redis
 from services.gateway.auth import User, admin_guard
 from services.gateway.errors import InvalidRequest
 from services.gateway.responses import errors
+from services.gateway.tasks.cancellation import announce_task_cancels
+from services.gateway.tasks.queries import cancel_open_tasks
 from shared.settings import Settings
-from shared.streams import TASK_CANCEL_CHANNEL, task_cancelled_key
-
-if TYPE_CHECKING:
-    from collections.abc import Sequence
 
 log = logging.getLogger(__name__)
 
 # The names workers may give a queue (services.tasks.definitions.QUEUE_NAME).
 _QUEUE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-# Cancel flags and messages per Redis round trip.
-_ANNOUNCE_BATCH = 1000
 
 
 class PurgeResponse(msgspec.Struct, frozen=True, kw_only=True):
@@ -68,13 +63,15 @@ class QueuesController(Controller):
         if not _QUEUE_NAME.fullmatch(queue):
             raise InvalidRequest(f"queue: {queue!r} is not a queue name (A-Z a-z 0-9 _ . -)")
         async with pool.acquire() as connection, connection.transaction():
-            rows = await connection.fetch(
-                "UPDATE tasks SET status = 'cancelled', finished_at = now(), updated_at = now()"
-                " WHERE queue = $1 AND status = 'pending' RETURNING id",
+            # Locked first, in id order: none starts running before the cancel commits.
+            pending = await connection.fetch(
+                "SELECT id::text AS id FROM tasks WHERE queue = $1 AND status = 'pending'"
+                " ORDER BY id FOR UPDATE",
                 queue,
             )
-        purged = [str(row["id"]) for row in rows]
-        await _announce(redis, purged, ttl_s=settings.retention_s)
+            rows = await cancel_open_tasks(connection, [row["id"] for row in pending])
+        purged = [row["id"] for row in rows]
+        await announce_task_cancels(redis, purged, ttl_s=settings.retention_s)
         log.warning(
             "queue %s purged by %s: %d pending tasks cancelled",
             queue,
@@ -83,14 +80,3 @@ class QueuesController(Controller):
             extra={"queue": queue, "purged": len(purged), "user_id": current_user.id},
         )
         return PurgeResponse(queue=queue, purged=len(purged))
-
-
-async def _announce(redis: Redis, task_ids: Sequence[str], *, ttl_s: int) -> None:
-    """What a task cancel tells the workers, for each task: its flag (read as a try starts)
-    and a message (heard by a worker holding it). After the commit: PostgreSQL is the record."""
-    for start in range(0, len(task_ids), _ANNOUNCE_BATCH):
-        async with redis.pipeline(transaction=False) as pipe:
-            for task_id in task_ids[start : start + _ANNOUNCE_BATCH]:
-                pipe.set(task_cancelled_key(task_id), b"1", ex=ttl_s)
-                pipe.publish(TASK_CANCEL_CHANNEL, task_id)
-            await pipe.execute()

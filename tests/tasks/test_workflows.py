@@ -264,3 +264,43 @@ def test_an_unknown_named_workflow_is_404(stack: Pipeline) -> None:
     response = stack.client("alice").post("/api/v1/workflows", json={"workflow": "wf.nope"})
     assert response.status_code == 404
     assert response.json()["detail"].startswith("workflow: no worker has registered")
+
+
+def test_a_purged_step_ends_its_workflow_and_the_running_one_goes_on(stack: Pipeline) -> None:
+    start_worker(stack, *WORKFLOW_TASKS, "--max-jobs", "1")
+    alice = stack.client("alice")
+    workflow_id = submit(
+        alice,
+        steps=[
+            {"key": "a", "task": "wf.nap", "args": {"value": 1, "seconds": 2}},
+            {"key": "b", "task": "wf.nap", "args": {"value": 2, "seconds": 2}},
+            {"key": "after-a", "task": "wf.double", "after": ["a"]},
+            {"key": "after-b", "task": "wf.double", "after": ["b"]},
+        ],
+    )
+    deadline = time.monotonic() + 20
+    while not (
+        running := [
+            key
+            for key, step in steps_of(alice.get(f"/api/v1/workflows/{workflow_id}").json()).items()
+            if step["status"] == "running"
+        ]
+    ):
+        assert time.monotonic() < deadline, "no step started"
+        time.sleep(0.05)
+    # One slot: the other step waits in the queue, pending, and is all a purge takes.
+    started = running[0]
+    queued = "b" if started == "a" else "a"
+    purged = stack.client("root", admin=True).post("/api/v1/queues/default/purge")
+    assert (purged.status_code, purged.json()["purged"]) == (200, 1), purged.text
+    done = wait_workflow(alice, workflow_id)
+    steps = steps_of(done)
+    assert (steps[started]["status"], steps[f"after-{started}"]["status"]) == (
+        "completed",
+        "completed",
+    )
+    assert (steps[queued]["status"], steps[f"after-{queued}"]["status"]) == (
+        "cancelled",
+        "skipped",
+    )
+    assert done["status"] == "failed"

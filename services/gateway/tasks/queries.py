@@ -74,22 +74,15 @@ async def cancel_task(connection: asyncpg.Connection, user_id: UserId, task_id: 
         raise TaskNotFound(task_id)
     if status not in OPEN_STATUSES:
         raise TaskAlreadyEnded(task_id, status)
-    ended = await cancel_open_tasks(connection, [task_id])
-    steps = [
-        StepEnd(row["workflow_id"], row["step"], StepStatus.CANCELLED, error="cancelled")
-        for row in ended
-        if row["workflow_id"] is not None
-    ]
-    if steps:
-        await steps_ended(connection, steps)
+    await cancel_open_tasks(connection, [task_id])
 
 
 async def cancel_open_tasks(
     connection: asyncpg.Connection, task_ids: Sequence[str]
 ) -> list[asyncpg.Record]:
-    """Mark those of `task_ids` still open cancelled, with their running tries, in two
-    statements (the caller's transaction, the rows locked); the ones it moved, with their
-    workflow steps. Workers hear of it from the caller, after the commit."""
+    """Mark those of `task_ids` still open cancelled, with their running tries, and end the
+    workflow steps they were (the caller's transaction, the rows locked); the ones it moved.
+    Workers hear of it from the caller, after the commit."""
     ended = await connection.fetch(
         "UPDATE tasks SET status = 'cancelled', finished_at = now(), updated_at = now()"
         " WHERE id = ANY($1::uuid[]) AND status IN ('pending', 'running')"
@@ -103,6 +96,13 @@ async def cancel_open_tasks(
         " WHERE task = 'task' AND subject_id = ANY($1::text[]) AND status = 'running'",
         [row["id"] for row in ended],
     )
+    steps = [
+        StepEnd(row["workflow_id"], row["step"], StepStatus.CANCELLED, error="cancelled")
+        for row in ended
+        if row["workflow_id"] is not None
+    ]
+    if steps:
+        await steps_ended(connection, steps)
     return list(ended)
 
 
