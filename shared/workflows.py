@@ -174,6 +174,11 @@ async def resolve(spec: WorkflowSpec, lookup: Lookup) -> list[ResolvedStep]:
     return resolved
 
 
+def named_step_key(name: str) -> str:
+    """The key of a named workflow's one submitted step: its short name (`full_pipeline`)."""
+    return name.rsplit(".", 1)[-1][:100]
+
+
 def _download_step(i: int, step: StepSpec) -> ResolvedStep:
     # The job body is checked when the job is submitted (a bad one fails the step); here only
     # that fed input has a place to go.

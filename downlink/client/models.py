@@ -214,6 +214,8 @@ class Schedule(msgspec.Struct, frozen=True, kw_only=True):
     next_run_at: datetime | None = None
     last_run_at: datetime | None = None
     last_task_id: str | None = None
+    workflow: bool = False  # a @workflow: each run starts a workflow
+    last_workflow_id: str | None = None
 
 
 class SchedulePage(msgspec.Struct, frozen=True, kw_only=True):

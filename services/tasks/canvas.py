@@ -15,11 +15,14 @@ results (one chain per capture a search found, say).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from shared.workflows import DOWNLOAD, EXPORT, StepSpec, WorkflowSpec
 
@@ -211,7 +214,9 @@ def workflow(
                 return _checked(function(**kwargs), function)
 
             builder = build
-        return task(name=name, queue=queue, max_tries=3, timeout_s=timeout_s)(builder)
+        definition = task(name=name, queue=queue, max_tries=3, timeout_s=timeout_s)(builder)
+        policy = msgspec.structs.replace(definition.policy, builds_workflow=True)
+        return dataclasses.replace(definition, policy=policy)
 
     return register
 

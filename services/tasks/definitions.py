@@ -51,6 +51,8 @@ class TaskPolicy(msgspec.Struct, frozen=True, kw_only=True):
         backoff: "exponential" doubles it each try; "linear" adds it (5, 10, 15 ...).
         priority: the default priority (1-10) of an enqueue that gives none.
         unique: at most one open task of this name with the same arguments per user.
+        builds_workflow: a `@workflow`: it returns the block its workflow runs, so a schedule
+            of it starts a workflow (a plain enqueue runs the builder alone).
     """
 
     queue: str = "default"
@@ -61,6 +63,7 @@ class TaskPolicy(msgspec.Struct, frozen=True, kw_only=True):
     backoff: Backoff = "exponential"
     priority: int = 5
     unique: bool = False
+    builds_workflow: bool = False
 
     def delay_s(self, attempt: int) -> float:
         """Delay before try `attempt + 1`, with a little jitter so retries do not march."""

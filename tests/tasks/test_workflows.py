@@ -304,3 +304,22 @@ def test_a_purged_step_ends_its_workflow_and_the_running_one_goes_on(stack: Pipe
         "skipped",
     )
     assert done["status"] == "failed"
+
+
+def test_a_schedule_of_a_named_workflow_starts_workflows(stack: Pipeline) -> None:
+    start_worker(stack, *WORKFLOW_TASKS)
+    alice = stack.client("alice")
+    created = alice.post(
+        "/api/v1/schedules", json={"every_s": 1, "task": "wf.numbers", "args": {"a": 1, "b": 2}}
+    )
+    assert created.status_code == 201, created.text
+    assert created.json()["workflow"] is True
+    schedule_id = created.json()["schedule_id"]
+    deadline = time.monotonic() + 20
+    while alice.get("/api/v1/workflows").json()["total"] < 2:
+        assert time.monotonic() < deadline, "the schedule started no workflows"
+        time.sleep(0.1)
+    assert alice.delete(f"/api/v1/schedules/{schedule_id}").status_code == 204
+    for listed in alice.get("/api/v1/workflows").json()["workflows"]:
+        done = wait_workflow(alice, listed["workflow_id"])
+        assert (done["name"], done["result"]) == ("wf.numbers", {"numbers": 8})

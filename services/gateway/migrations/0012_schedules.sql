@@ -17,12 +17,15 @@ CREATE TABLE schedules (
     queue         text NOT NULL,
     priority      smallint NOT NULL CHECK (priority BETWEEN 1 AND 10),
     task_unique   boolean NOT NULL DEFAULT false,  -- the type's `unique` policy
+    -- The task is a @workflow: each run starts a workflow of it (POST /api/v1/workflows).
+    workflow      boolean NOT NULL DEFAULT false,
     -- Runs missed while no scheduler ran: 'skip' them, or fire 'once' for all of them.
     missed        text NOT NULL DEFAULT 'skip' CHECK (missed IN ('skip', 'once')),
     paused        boolean NOT NULL DEFAULT false,
     next_run_at   timestamptz NOT NULL,
     last_run_at   timestamptz,                 -- when the latest run was enqueued
     last_task_id  uuid,
+    last_workflow_id uuid,                     -- a workflow schedule's latest run
     created_at    timestamptz NOT NULL DEFAULT now(),
     updated_at    timestamptz NOT NULL DEFAULT now()
 );

@@ -221,4 +221,5 @@ async def _new_schedule(types: Catalogue, data: ScheduleRequest, user: User) -> 
         missed=data.missed,
         paused=data.paused,
         next_run_at=cadence.first_run(when, datetime.now(UTC)),
+        workflow=bool(policy.get("builds_workflow", False)),
     )

@@ -14,8 +14,10 @@ from services.gateway.schedules import cadence
 from services.gateway.schedules.queries import next_due, record_run
 from services.gateway.tasks.enqueueing import enqueue
 from services.gateway.tasks.records import NewTask
+from services.gateway.workflows.submission import submit_workflow
 from shared.postgres import DATABASE_DOWN
 from shared.telemetry import trace_headers
+from shared.workflows import ResolvedStep, named_step_key
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -36,9 +38,12 @@ def run_key(schedule_id: str, run_for: datetime) -> str:
 
 
 async def fire(connection: asyncpg.Connection, schedule: Schedule, run_for: datetime) -> str:
-    """Enqueue the schedule's run at `run_for` (the caller's transaction); the id it created
-    (or, run twice, the one created before)."""
+    """Enqueue the schedule's run at `run_for` (the caller's transaction); the id of the task
+    it created (or, run twice, the one created before): for a @workflow, its first step's."""
     span_context = trace.get_current_span().get_span_context()
+    trace_id = format(span_context.trace_id, "032x") if span_context.is_valid else None
+    if schedule.workflow:
+        return await _start_workflow(connection, schedule, run_for, trace_id)
     enqueued = await enqueue(
         connection,
         NewTask(
@@ -50,10 +55,47 @@ async def fire(connection: asyncpg.Connection, schedule: Schedule, run_for: date
             idempotency_key=run_key(schedule.schedule_id, run_for),
             unique=schedule.unique,
         ),
-        trace_id=format(span_context.trace_id, "032x") if span_context.is_valid else None,
+        trace_id=trace_id,
         trace_headers=trace_headers(),
     )
     return enqueued.task_id
+
+
+async def _start_workflow(
+    connection: asyncpg.Connection, schedule: Schedule, run_for: datetime, trace_id: str | None
+) -> str:
+    builder = ResolvedStep(
+        key=named_step_key(schedule.task),
+        kind="task",
+        task=schedule.task,
+        args=schedule.args,
+        after=[],
+        input=None,
+        queue=schedule.queue,
+        priority=schedule.priority,
+    )
+    submitted = await submit_workflow(
+        connection,
+        user_id=schedule.user_id,
+        name=schedule.task,
+        args=schedule.args,
+        steps=[builder],
+        allow_partial=False,
+        idempotency_key=run_key(schedule.schedule_id, run_for),
+        trace_id=trace_id,
+        trace_headers=trace_headers(),
+    )
+    await connection.execute(
+        "UPDATE schedules SET last_workflow_id = $2 WHERE id = $1",
+        schedule.schedule_id,
+        submitted.workflow_id,
+    )
+    task_id = await connection.fetchval(
+        "SELECT task_id::text FROM workflow_steps WHERE workflow_id = $1 AND key = $2",
+        submitted.workflow_id,
+        builder.key,
+    )
+    return str(task_id)
 
 
 async def fire_due(pool: asyncpg.Pool, tracer: Tracer) -> int:

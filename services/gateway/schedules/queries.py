@@ -25,15 +25,16 @@ if TYPE_CHECKING:
 
 _COLUMNS = (
     "id, user_id, name, cron, timezone, every_s, task, args, queue, priority, task_unique,"
-    " missed, paused, next_run_at, last_run_at, last_task_id, created_at, updated_at"
+    " missed, paused, next_run_at, last_run_at, last_task_id, created_at, updated_at,"
+    " workflow, last_workflow_id"
 )
 
 
 async def insert_schedule(connection: asyncpg.Connection, new: NewSchedule) -> Schedule:
     row = await connection.fetchrow(
         "INSERT INTO schedules (id, user_id, name, cron, timezone, every_s, task, args, queue,"
-        " priority, task_unique, missed, paused, next_run_at)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+        " priority, task_unique, missed, paused, next_run_at, workflow)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
         f" RETURNING {_COLUMNS}",
         uuid.uuid4(),
         new.user_id,
@@ -49,6 +50,7 @@ async def insert_schedule(connection: asyncpg.Connection, new: NewSchedule) -> S
         new.missed,
         new.paused,
         new.next_run_at,
+        new.workflow,
     )
     return _record(row)
 
@@ -168,4 +170,6 @@ def _record(row: asyncpg.Record) -> Schedule:
         last_task_id=None if last_task_id is None else str(last_task_id),
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        workflow=row["workflow"],
+        last_workflow_id=None if row["last_workflow_id"] is None else str(row["last_workflow_id"]),
     )

@@ -40,6 +40,7 @@ class NewSchedule(msgspec.Struct, frozen=True, kw_only=True):
     missed: MissedPolicy
     paused: bool
     next_run_at: datetime
+    workflow: bool = False  # the task is a @workflow: a run starts a workflow of it
 
 
 class Schedule(msgspec.Struct, frozen=True, kw_only=True):
@@ -61,6 +62,8 @@ class Schedule(msgspec.Struct, frozen=True, kw_only=True):
     last_task_id: str | None
     created_at: datetime
     updated_at: datetime
+    workflow: bool = False
+    last_workflow_id: str | None = None
 
 
 class SchedulePage(msgspec.Struct, frozen=True, kw_only=True):

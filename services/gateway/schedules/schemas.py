@@ -63,6 +63,9 @@ class ScheduleResponse(msgspec.Struct, frozen=True, kw_only=True):
     last_task_id: str | None
     created_at: datetime
     updated_at: datetime
+    # The task is a @workflow: each run starts a workflow (the latest: last_workflow_id).
+    workflow: bool = False
+    last_workflow_id: str | None = None
 
 
 class ScheduleListResponse(msgspec.Struct, frozen=True, kw_only=True):
@@ -98,6 +101,8 @@ def schedule_response(schedule: Schedule) -> ScheduleResponse:
         last_task_id=schedule.last_task_id,
         created_at=schedule.created_at,
         updated_at=schedule.updated_at,
+        workflow=schedule.workflow,
+        last_workflow_id=schedule.last_workflow_id,
     )
 
 

@@ -56,6 +56,7 @@ from shared.workflows import (
     UnknownStepTask,
     WorkflowInvalid,
     WorkflowSpec,
+    named_step_key,
     resolve,
 )
 
@@ -246,7 +247,7 @@ class WorkflowsController(Controller):
 async def _resolved(data: WorkflowRequest, lookup: Lookup) -> list[ResolvedStep]:
     """The request's steps checked against the live task types: 422 or 404 naming the field."""
     if data.workflow is not None:
-        key = data.workflow.rsplit(".", 1)[-1][:100]
+        key = named_step_key(data.workflow)
         spec = WorkflowSpec(steps=[StepSpec(key=key, task=data.workflow, args=data.args)])
     else:
         spec = WorkflowSpec(steps=data.steps or [], allow_partial=data.allow_partial)
