@@ -279,10 +279,3 @@ def expanded_steps(result: Any) -> list[ResolvedStep] | None:
         return msgspec.convert(result[EXPANSION_KEY], list[ResolvedStep])
     except msgspec.ValidationError as exc:
         raise WorkflowInvalid(f"the expansion: {exc}") from None
-
-
-def decode_spec(raw: Any) -> WorkflowSpec:
-    try:
-        return msgspec.convert(raw, WorkflowSpec)
-    except msgspec.ValidationError as exc:
-        raise WorkflowInvalid(str(exc)) from None
