@@ -1,5 +1,6 @@
 """A workflow's fan-in under SIGKILL: workers die at random while a 20-wide fan-in runs, the
-gateway (and its tracker) dies once in the middle, and the body still runs exactly once."""
+gateway (and its tracker) dies once in the middle, and the body still runs exactly once; and
+a Redis flush in the middle of a workflow."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import time
 from typing import TYPE_CHECKING
 
 import pytest
+import redis
 
 from tests.tasks.conftest import STACK_ENV, start_worker
 from tests.tasks.test_workflows import WORKFLOW_TASKS, steps_of, submit, wait_workflow
@@ -64,3 +66,31 @@ def test_a_fan_in_starts_once_while_workers_and_the_gateway_are_killed(
     assert all(steps[f"b{i}"]["result"] == i for i in range(20))
     # Some branch was hit: it took more than one try, and still counted once.
     assert max(steps[f"b{i}"]["attempts"] for i in range(20)) >= 2
+
+
+def test_a_redis_flush_loses_no_step(stack: Pipeline, redis_url: str) -> None:
+    """Redis is the transport: after a flush the queued step is published again from its row,
+    and the fan-in after both still runs once."""
+    start_worker(stack, *WORKFLOW_TASKS, "--max-jobs", "1")
+    alice = stack.client("alice")
+    workflow_id = submit(
+        alice,
+        steps=[
+            {"key": "a", "task": "wf.nap", "args": {"value": 1, "seconds": 1.5}},
+            {"key": "b", "task": "wf.nap", "args": {"value": 2, "seconds": 1.5}},
+            {"key": "sum", "task": "wf.total", "after": ["a", "b"]},
+        ],
+    )
+    deadline = time.monotonic() + 20
+    while not any(
+        s["status"] == "running"
+        for s in steps_of(alice.get(f"/api/v1/workflows/{workflow_id}").json()).values()
+    ):
+        assert time.monotonic() < deadline, "no step started"
+        time.sleep(0.05)
+    with redis.Redis.from_url(redis_url) as client:
+        client.flushdb()
+    done = wait_workflow(alice, workflow_id, timeout=60)
+    assert done["status"] == "completed", done
+    assert done["result"] == {"sum": 3}
+    assert alice.get("/api/v1/tasks", params={"task": "wf.total"}).json()["total"] == 1
