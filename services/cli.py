@@ -215,13 +215,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(stack)
     stack.set_defaults(func=_stack)
 
+    from services.cli_admin import add_admin_commands
     from services.cli_schedules import add_schedule_commands
     from services.cli_tasks import add_task_commands
+    from services.cli_workflows import add_workflow_commands
     from services.client import add_client_commands
 
     add_client_commands(commands, _client)
     add_task_commands(commands)
     add_schedule_commands(commands)
+    add_admin_commands(commands)
+    add_workflow_commands(commands)
     return parser
 
 

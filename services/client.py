@@ -1,4 +1,8 @@
-"""`downlink submit | status | jobs | cancel | workers`: a small HTTP client for people."""
+"""`downlink submit | export | status | jobs | cancel | workers`: a small HTTP client for people.
+
+submit and export follow the job and the archive live (services/cli_submit.py); the others are
+one request each, a table for people or, with `--json`, the API's own JSON for scripts.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +10,14 @@ import argparse
 import json
 import os
 import sys
-import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import httpx
 from rich import filesize
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-_FINAL = {"completed", "partial", "failed", "cancelled"}
 console = Console()
 
 
@@ -32,9 +32,13 @@ def add_client_commands(
     """Register the client subcommands on the `downlink` parser."""
     submit = commands.add_parser("submit", help="submit URLs for download")
     submit.add_argument("urls", nargs="*", metavar="URL")
-    submit.add_argument("-i", "--input", metavar="FILE", help="read URLs from FILE, one a line")
+    submit.add_argument(
+        "-f", "--file", "-i", "--input", dest="file", metavar="LIST", help="URLs, one a line"
+    )
     submit.add_argument("--priority", type=int, default=5, help="1 (lowest) to 10 (highest)")
-    submit.add_argument("--wait", action="store_true", help="show progress until the job ends")
+    submit.add_argument(
+        "--wait", action="store_true", help="follow the job live (its event stream) until it ends"
+    )
     submit.add_argument(
         "--export",
         choices=("zip", "tar.gz"),
@@ -43,6 +47,10 @@ def add_client_commands(
     submit.add_argument(
         "-o", "--output", metavar="OUT", help="where --wait --export saves the archive"
     )
+    export = commands.add_parser("export", help="archive a job's files and save the archive")
+    export.add_argument("job_id")
+    export.add_argument("-o", "--output", required=True, metavar="FILE", help="where to save it")
+    export.add_argument("--format", choices=("zip", "tar.gz"), default="zip")
     status = commands.add_parser("status", help="show a job's status")
     status.add_argument("job_id")
     jobs = commands.add_parser("jobs", help="list your jobs, newest first")
@@ -50,11 +58,16 @@ def add_client_commands(
     cancel = commands.add_parser("cancel", help="cancel a job")
     cancel.add_argument("job_id")
     workers = commands.add_parser("workers", help="list the live service processes (admin)")
-    for parser in (submit, status, jobs, cancel, workers):
+    for parser in (submit, export, status, jobs, cancel, workers):
+        parser.add_argument("--json", action="store_true", help="print JSON for scripts")
         parser.add_argument(
+            "--url",
             "--api",
-            default=os.environ.get("DOWNLINK_API_URL", "http://127.0.0.1:8000"),
-            help="gateway URL (DOWNLINK_API_URL)",
+            dest="api",
+            metavar="URL",
+            default=os.environ.get("DOWNLINK_URL")
+            or os.environ.get("DOWNLINK_API_URL", "http://127.0.0.1:8000"),
+            help="gateway URL (DOWNLINK_URL or DOWNLINK_API_URL)",
         )
         parser.add_argument(
             "--token", default=os.environ.get("DOWNLINK_TOKEN"), help="API token (DOWNLINK_TOKEN)"
@@ -66,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.token:
         print("downlink: no token: pass --token or set DOWNLINK_TOKEN", file=sys.stderr)
         return 2
+    if args.command in _LIVE_COMMANDS:
+        return _run_live(args)
     with httpx.Client(
         base_url=args.api, headers={"Authorization": f"Bearer {args.token}"}, timeout=30
     ) as http:
@@ -79,6 +94,21 @@ def run(args: argparse.Namespace) -> int:
             return 1
 
 
+def _run_live(args: argparse.Namespace) -> int:
+    # Imported here: `downlink token create` and the services need none of the client.
+    from downlink import DownlinkError
+    from downlink.client.live import LiveClient
+    from services import cli_submit
+
+    command = cli_submit.submit if args.command == "submit" else cli_submit.export
+    try:
+        with LiveClient(args.api, args.token) as dl:
+            return command(dl, args)
+    except (DownlinkError, TimeoutError, ValueError, OSError) as exc:
+        print(f"downlink: {exc}", file=sys.stderr)
+        return 1
+
+
 def _call(http: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
     response = http.request(method, path, **kwargs)
     if response.status_code >= 400:
@@ -90,107 +120,35 @@ def _call(http: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
     return response.json()
 
 
-def _submit(http: httpx.Client, args: argparse.Namespace) -> int:
-    urls = list(args.urls)
-    if args.input:
-        lines = Path(args.input).read_text().splitlines()
-        urls += [line.strip() for line in lines if line.strip() and not line.startswith("#")]
-    if not urls:
-        raise ClientError("nothing to submit: give URLs or -i FILE")
-    body: dict[str, Any] = {"urls": urls, "priority": args.priority}
-    if args.export:
-        body["export"] = {"format": args.export, "include_metadata": True}
-    job = _call(http, "POST", "/api/v1/downloads/download", json=body)
-    console.print(f"job [bold]{job['job_id']}[/] queued at position {job['queue_position']}")
-    if not args.wait:
-        return 0
-    outcome = _wait(http, job["job_id"])
-    if args.export:
-        return max(outcome, _save_export(http, job["job_id"], args.output))
-    return outcome
-
-
-def _save_export(http: httpx.Client, job_id: str, output: str | None) -> int:
-    """Wait for the job's automatic export and stream the archive to `output`."""
-    from rich.progress import DownloadColumn
-
-    result = _call(http, "GET", f"/api/v1/downloads/jobs/{job_id}/result")
-    if result.get("export") is None:
-        raise ClientError(f"job {job_id} ended without an export (no file was stored)")
-    export_id = result["export"]["export_id"]
-    with console.status(f"building export {export_id}"):
-        while True:
-            export = _call(http, "GET", f"/api/v1/downloads/exports/{export_id}")
-            if export["status"] in ("ready", "failed", "cancelled"):
-                break
-            time.sleep(0.5)
-    if export["status"] != "ready":
-        raise ClientError(f"export {export_id} {export['status']}: {export.get('error')}")
-    suffix = "zip" if export["format"] == "zip" else "tar.gz"
-    target = Path(output or f"export-{export_id}.{suffix}")
-    partial = target.with_name(target.name + ".part")
-    with (
-        Progress(TextColumn("saving"), BarColumn(), DownloadColumn(), console=console) as bar,
-        http.stream("GET", export["download_url"], timeout=None) as response,
-    ):
-        if response.status_code != 200:
-            raise ClientError(f"{response.status_code}: {response.read().decode(errors='replace')}")
-        task = bar.add_task("saving", total=export["size"])
-        with partial.open("wb") as out:
-            for chunk in response.iter_bytes(1 << 20):
-                out.write(chunk)
-                bar.advance(task, len(chunk))
-    partial.replace(target)
-    console.print(f"saved {target} ({export['size']} bytes, sha256 {export['hash']})")
-    return 0
-
-
-def _wait(http: httpx.Client, job_id: str) -> int:
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.fields[files]}"),
-        TextColumn("{task.fields[size]}"),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=console) as progress:
-        bar = progress.add_task("downloading", total=None, files="", size="")
-        while True:
-            status = _call(http, "GET", f"/api/v1/downloads/jobs/{job_id}")
-            p = status["progress"]
-            ended = p["completed"] + p["failed"]
-            progress.update(
-                bar,
-                total=p["total"],
-                completed=ended,
-                files=f"{ended}/{p['total']} files",
-                size=filesize.decimal(p["bytes_downloaded"]),
-                description=status["status"],
-            )
-            if status["status"] in _FINAL:
-                break
-            time.sleep(0.5)
-    result = _call(http, "GET", f"/api/v1/downloads/jobs/{job_id}/result")
-    summary = result["summary"]
-    console.print(
-        f"{result['status']}: {summary['successful']} stored, {summary['failed']} failed, "
-        f"{summary['total_size']} bytes"
-    )
-    for item in result["results"]:
-        if item.get("error"):
-            console.print(f"  [red]failed[/] {item['url']}: {item['error']}")
-    return 0 if result["status"] == "completed" else 1
-
-
 def _status(http: httpx.Client, args: argparse.Namespace) -> int:
-    console.print_json(json.dumps(_call(http, "GET", f"/api/v1/downloads/jobs/{args.job_id}")))
+    job = _call(http, "GET", f"/api/v1/downloads/jobs/{args.job_id}")
+    if args.json:
+        return _print_json(job)
+    p = job["progress"]
+    table = Table(show_header=False, box=None, title=f"job {job['job_id']}")
+    rows = {
+        "status": job["status"],
+        "priority": str(job["priority"]),
+        "files": f"{p['completed']} stored, {p['failed']} failed of {p['total']}",
+        "bytes": filesize.decimal(p["bytes_downloaded"]),
+        "created": job["created_at"],
+        "updated": job["updated_at"],
+        "error": job.get("error") or "",
+    }
+    for name, value in rows.items():
+        if value:
+            table.add_row(name, value)
+    console.print(table)
     return 0
 
 
 def _jobs(http: httpx.Client, args: argparse.Namespace) -> int:
     params = {"status_filter": args.status_filter} if args.status_filter else {}
     page = _call(http, "GET", "/api/v1/downloads/jobs", params=params)
+    if args.json:
+        return _print_json(page)
     table = Table("job", "status", "priority", "files", "created")
+    table.columns[0].no_wrap = True  # whole: people copy it
     for job in page["jobs"]:
         p = job["progress"]
         table.add_row(
@@ -198,7 +156,7 @@ def _jobs(http: httpx.Client, args: argparse.Namespace) -> int:
             job["status"],
             str(job["priority"]),
             f"{p['completed']}/{p['total']}",
-            job["created_at"],
+            job["created_at"][:19].replace("T", " "),
         )
     console.print(table)
     return 0
@@ -206,13 +164,16 @@ def _jobs(http: httpx.Client, args: argparse.Namespace) -> int:
 
 def _cancel(http: httpx.Client, args: argparse.Namespace) -> int:
     result = _call(http, "POST", f"/api/v1/downloads/jobs/{args.job_id}/cancel", json={})
-    console.print(f"job {result['job_id']} {result['status']}")
+    if args.json:
+        return _print_json(result)
+    console.print(f"job {result['job_id']} {result['status']}", highlight=False)
     return 0
 
 
 def _workers(http: httpx.Client, args: argparse.Namespace) -> int:
-    del args
     listed = _call(http, "GET", "/api/v1/workers")["workers"]
+    if args.json:
+        return _print_json({"workers": listed})
     table = Table(
         "service",
         "consumer",
@@ -241,8 +202,13 @@ def _workers(http: httpx.Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_json(value: object) -> int:
+    sys.stdout.write(json.dumps(value) + "\n")
+    return 0
+
+
+_LIVE_COMMANDS = {"submit", "export"}
 _COMMANDS: dict[str, Callable[[httpx.Client, argparse.Namespace], int]] = {
-    "submit": _submit,
     "status": _status,
     "jobs": _jobs,
     "cancel": _cancel,

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import httpx
 
-from downlink.client import downloads, protocol, schedules, tasks, workflows
+from downlink.client import admin, downloads, protocol, schedules, tasks, workflows
 from downlink.client.handles import JobRef, TaskRef
 from downlink.client.transport import run_async
 
@@ -29,15 +29,23 @@ if TYPE_CHECKING:
     from downlink.client.downloads import ProgressCallback
     from downlink.client.models import (
         ArchiveFormat,
+        DeadLetterFilter,
+        DeadLetterPage,
         ExportCreated,
+        FailedFilesRetried,
         Job,
         JobResult,
+        LettersDiscarded,
+        LettersRetried,
         MissedPolicy,
+        QueueReport,
+        Requeued,
         Schedule,
         SchedulePage,
         Task,
         TaskCancelled,
         TaskPage,
+        TasksRetried,
         TaskType,
         Workflow,
         WorkflowCancelled,
@@ -295,6 +303,51 @@ class Client:
                 timeout_s=timeout,
             )
         )
+
+    # --- queues and dead letters (admin), retries of failed work -----------------------------
+
+    async def queues(self) -> QueueReport:
+        """Length, pending, lag, consumers and oldest pending of every stream and group (admin)."""
+        return await self._run(admin.queues())
+
+    async def dead_letters(
+        self, letter_filter: DeadLetterFilter | None = None, *, page: int = 1, per_page: int = 20
+    ) -> DeadLetterPage:
+        """One page of the dead letters matching `letter_filter`, newest first (admin)."""
+        return await self._run(admin.dead_letters(letter_filter, page=page, per_page=per_page))
+
+    async def retry_dead_letter(self, letter_id: str) -> Requeued:
+        return await self._run(admin.retry_dead_letter(letter_id))
+
+    async def retry_dead_letters(
+        self,
+        ids: Sequence[str] | None = None,
+        letter_filter: DeadLetterFilter | None = None,
+        *,
+        limit: int = 1000,
+    ) -> LettersRetried:
+        """Re-drive the letters `ids`, else every one matching `letter_filter` (admin)."""
+        return await self._run(admin.retry_dead_letters(ids, letter_filter, limit=limit))
+
+    async def discard_dead_letters(
+        self,
+        ids: Sequence[str] | None = None,
+        letter_filter: DeadLetterFilter | None = None,
+        *,
+        limit: int = 1000,
+    ) -> LettersDiscarded:
+        """Remove the letters `ids`, else every one matching `letter_filter` (admin)."""
+        return await self._run(admin.discard_dead_letters(ids, letter_filter, limit=limit))
+
+    async def retry_failed_files(self, job_id: str) -> FailedFilesRetried:
+        """Download every failed file of one's job again."""
+        return await self._run(admin.retry_failed_files(job_id))
+
+    async def retry_tasks(
+        self, task: str | None = None, statuses: Sequence[str] | None = None, *, limit: int = 1000
+    ) -> TasksRetried:
+        """Run one's failed and dead tasks (of `task`; in `statuses`) again."""
+        return await self._run(admin.retry_tasks(task, statuses, limit=limit))
 
 
 class TaskHandle(TaskRef["Client"]):

@@ -157,26 +157,43 @@ def export_job(
         "include_metadata": include_metadata,
     }
     created = yield from call("POST", f"{API}/downloads/export", ExportCreated, json=body)
+    export = yield from wait_export(created.export_id, timeout_s)
+    target = target or Path(f"export-{export.export_id}.{export.format}")
+    return (yield from save_export(export, target))
+
+
+def wait_export(
+    export_id: str, timeout_s: float | None, on_progress: Callable[[Export], object] | None = None
+) -> Operation[Export]:
+    """The export once it is ready (ExportFailedError otherwise); `on_progress` sees each
+    state while it is built."""
     limit = Deadline(timeout_s)
     pause_s = FIRST_POLL_S
-    while (export := (yield from get_export(created.export_id))).status not in _FINAL_EXPORT:
-        left = limit.left(f"export {created.export_id} still {export.status}")
-        yield Sleep(min(pause_s, left))
+    while True:
+        export = yield from get_export(export_id)
+        if on_progress is not None:
+            on_progress(export)
+        if export.status in _FINAL_EXPORT:
+            break
+        yield Sleep(min(pause_s, limit.left(f"export {export_id} still {export.status}")))
         pause_s = min(pause_s * 1.5, MAX_POLL_S)
     if export.status is not ExportStatus.READY or export.download_url is None:
         raise ExportFailedError(export.export_id, export.status, export.error)
-    return (yield from _save(export, target or Path(f"export-{export.export_id}.{export.format}")))
+    return export
 
 
 def get_export(export_id: str) -> Operation[Export]:
     return (yield from call("GET", f"{API}/downloads/exports/{export_id}", Export))
 
 
-def _save(export: Export, target: Path) -> Operation[Path]:
-    """Stream the archive beside `target`, check its SHA-256, then move it into place."""
+def save_export(
+    export: Export, target: Path, sink_for: Callable[[Path], Sink] = Sink
+) -> Operation[Path]:
+    """Stream the ready archive beside `target` (into `sink_for(partial path)`), check its
+    SHA-256, then move it into place; on any failure nothing is left behind."""
     assert export.download_url is not None
     partial = target.with_name(target.name + ".part")
-    sink = Sink(partial)
+    sink = sink_for(partial)
     try:
         try:
             reply: Reply = yield Save(path=export.download_url, sink=sink)

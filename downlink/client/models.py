@@ -176,13 +176,22 @@ class ExportCreated(msgspec.Struct, frozen=True, kw_only=True):
     total_bytes: int = 0
 
 
+class ExportProgress(msgspec.Struct, frozen=True, kw_only=True):
+    files_done: int = 0
+    bytes_done: int = 0
+    percentage: float = 0.0
+
+
 class Export(msgspec.Struct, frozen=True, kw_only=True):
-    """GET /api/v1/downloads/exports/{export_id}; `size` and `hash` once it is ready."""
+    """GET /api/v1/downloads/exports/{export_id}: how far it is built; `size` and `hash`
+    once it is ready."""
 
     export_id: str
     status: ExportStatus
     format: ArchiveFormat
     file_count: int
+    total_bytes: int = 0
+    progress: ExportProgress = ExportProgress()
     size: int | None = None
     hash: str | None = None
     download_url: str | None = None
@@ -313,3 +322,124 @@ class WorkflowPage(msgspec.Struct, frozen=True, kw_only=True):
 class WorkflowCancelled(msgspec.Struct, frozen=True, kw_only=True):
     workflow_id: str
     status: str
+
+
+# --- queues and dead letters (admin) ----------------------------------------------------------
+
+
+class QueueStats(msgspec.Struct, frozen=True, kw_only=True):
+    """One consumer group on one stream: its backlog (`lag`) and work in flight (`pending`)."""
+
+    stream: str
+    group: str
+    length: int
+    pending: int
+    lag: int | None = None
+    consumers: int = 0
+    oldest_pending_s: float | None = None
+
+
+class QueueReport(msgspec.Struct, frozen=True, kw_only=True):
+    """GET /api/v1/queues."""
+
+    queues: list[QueueStats]
+    dead_letters: int
+    delayed_retries: int
+
+
+class DeadLetterFilter(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Which dead letters a listing or bulk action means; fields left None match everything.
+
+    `kind` is download, process, task, export, event or other; `error` is text in the error
+    (any case); the times bound the letter's last failure.
+    """
+
+    kind: str | None = None
+    stream: str | None = None
+    error: str | None = None
+    job_id: str | None = None
+    task: str | None = None
+    failed_after: datetime | None = None
+    failed_before: datetime | None = None
+
+
+class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
+    """An entry of the dead-letter stream; `body` is the decoded command where there is one."""
+
+    id: str
+    stream: str
+    group: str
+    entry_id: str
+    error: str
+    attempts: int
+    consumer: str
+    failed_at: datetime
+    body: Any
+    kind: str = "other"
+    job_id: str | None = None
+    file_id: str | None = None
+    url: str | None = None
+    task_id: str | None = None
+    task: str | None = None
+
+
+class DeadLetterPage(msgspec.Struct, frozen=True, kw_only=True):
+    dead_letters: list[DeadLetter]
+    page: int
+    per_page: int
+    total: int
+
+
+class Requeued(msgspec.Struct, frozen=True, kw_only=True):
+    """A letter whose work is queued again, and the job and file, or task, it names."""
+
+    id: str
+    status: str = "requeued"
+    job_id: str | None = None
+    file_id: str | None = None
+    task_id: str | None = None
+
+
+class SkippedLetter(msgspec.Struct, frozen=True, kw_only=True):
+    """A selected letter left alone: 404 gone already, 409 its work may not run (again)."""
+
+    id: str
+    status_code: int
+    reason: str
+
+
+class LettersRetried(msgspec.Struct, frozen=True, kw_only=True):
+    """A bulk re-drive; `remaining` matching letters were past the limit."""
+
+    matched: int
+    requeued: int
+    letters: list[Requeued]
+    skipped: list[SkippedLetter] = []
+    remaining: int = 0
+
+
+class LettersDiscarded(msgspec.Struct, frozen=True, kw_only=True):
+    matched: int
+    discarded: int
+    ids: list[str]
+    skipped: list[SkippedLetter] = []
+    remaining: int = 0
+
+
+class FailedFilesRetried(msgspec.Struct, frozen=True, kw_only=True):
+    job_id: str
+    requeued: int
+    file_ids: list[str]
+
+
+class TaskRefused(msgspec.Struct, frozen=True, kw_only=True):
+    task_id: str
+    reason: str
+
+
+class TasksRetried(msgspec.Struct, frozen=True, kw_only=True):
+    matched: int
+    requeued: int
+    task_ids: list[str]
+    skipped: list[TaskRefused] = []
+    remaining: int = 0

@@ -40,6 +40,7 @@ from services.gateway.outbox import OutboxRelay
 from services.gateway.queues_purge import QueuesController
 from services.gateway.reconciler import Reconciler
 from services.gateway.responses import ErrorBody
+from services.gateway.retries.controller import RetriesController
 from services.gateway.schedules.controller import SchedulesController
 from services.gateway.schedules.scheduler import Scheduler
 from services.gateway.span_names import RouteSpanNames, initial_span_details
@@ -134,6 +135,7 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
             SchedulesController,
             WorkflowsController,
             QueuesController,
+            RetriesController,
         ],
         middleware=[DefineMiddleware(BearerTokenMiddleware)],
         dependencies={"current_user": Provide(provide_user, sync_to_thread=False)},

@@ -21,7 +21,7 @@ from shared.streams import DEAD_STREAM, DOWNLOAD_LANES, cancelled_key
 from shared.telemetry import trace_headers
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     import asyncpg
     from faststream.redis import RedisBroker
@@ -176,6 +176,27 @@ async def _requeue_raw(
         )
         pipe.xdel(DEAD_STREAM, letter_id)
         await pipe.execute()
+
+
+async def get_letters(redis: Redis, letter_ids: Sequence[str]) -> list[StoredLetter]:
+    """The letters of `letter_ids` still on the stream, in the order given."""
+    wanted = [letter_id for letter_id in letter_ids if _ENTRY_ID.fullmatch(letter_id)]
+    async with redis.pipeline(transaction=False) as pipe:
+        for letter_id in wanted:
+            pipe.xrange(DEAD_STREAM, min=letter_id, max=letter_id, count=1)
+        replies = await pipe.execute()
+    return [stored for reply in replies for stored in read_entries(reply)]
+
+
+async def latest_letter_id(redis: Redis) -> str | None:
+    """The id of the newest entry on the dead-letter stream; None when it is empty."""
+    entries = _entries(await redis.xrevrange(DEAD_STREAM, count=1))
+    return entries[0][0] if entries else None
+
+
+def read_entries(response: Any) -> list[StoredLetter]:
+    """The letters of an XRANGE or XREVRANGE reply on the dead-letter stream."""
+    return [_stored(entry_id, fields) for entry_id, fields in _entries(response)]
 
 
 def _entries(response: Any) -> list[tuple[str, dict[bytes, bytes]]]:

@@ -36,8 +36,8 @@ async def reopen_for_redrive(
     """Reopen the command's file (and its job, if it ended) and queue the command again.
 
     One transaction: either the file is pending again with its command in the outbox, or
-    nothing changed. Raises JobNotFound/FileNotFound, or CannotRedrive for a cancelled job
-    or a file that was stored after all.
+    nothing changed. Raises JobNotFound/FileNotFound, or CannotRedrive for a cancelled job,
+    a file that was stored after all, or one not failed (re-driven already, say).
     """
     async with pool.acquire() as connection, connection.transaction():
         # The job first, then its file: the lock order of the tracker and of cancellation.
@@ -78,6 +78,13 @@ async def _reopen_file(connection: asyncpg.Connection, command: DownloadFile) ->
         raise FileNotFound(command.file_id)
     if file_status in ("completed", "cancelled"):
         raise CannotRedrive(f"file {command.file_id} is {file_status}; nothing to re-drive")
+    if file_status != "failed":
+        # Re-driven already (a second retry of the letter, or its job's retry-failed), or its
+        # FileFailed is on its way to the tracker: another command now would run it twice.
+        raise CannotRedrive(
+            f"file {command.file_id} is {file_status}: it is queued again already, or its"
+            " failure is not recorded yet"
+        )
     # `attempts` stays: it is the history of tries, and the new command starts at try 1.
     await connection.execute(
         "UPDATE files SET status = 'pending', error = NULL, rate_bps = NULL,"

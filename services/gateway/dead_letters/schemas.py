@@ -7,9 +7,12 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 
+from services.gateway.dead_letters.bulk import Skipped
+from services.gateway.dead_letters.filters import LetterKind, kind_of
 from services.gateway.dead_letters.letters import named_ids
 
 if TYPE_CHECKING:
+    from services.gateway.dead_letters.bulk import BulkOutcome
     from services.gateway.dead_letters.letters import LetterPage, Redriven, StoredLetter
 
 
@@ -30,6 +33,9 @@ class DeadLetterView(msgspec.Struct, frozen=True, kw_only=True):
     consumer: str
     failed_at: datetime
     body: dict[str, Any] | str
+    kind: Annotated[
+        LetterKind, msgspec.Meta(description="what its stream carried (the `kind` filter)")
+    ] = LetterKind.OTHER
     job_id: str | None = None
     file_id: str | None = None
     url: str | None = None
@@ -111,9 +117,53 @@ def _view(stored: StoredLetter) -> DeadLetterView:
         consumer=letter.consumer,
         failed_at=datetime.fromtimestamp(letter.failed_at, UTC),
         body=body,
+        kind=kind_of(letter.stream),
         job_id=ids.get("job_id"),
         file_id=ids.get("file_id"),
         url=ids.get("url"),
         task_id=ids.get("task_id"),
         task=ids.get("task"),
+    )
+
+
+class BulkRetryResponse(msgspec.Struct, frozen=True, kw_only=True):
+    """The answer to a bulk re-drive: the letters whose work is queued again, those skipped
+    (gone: 404; work that may not run again, or is queued already: 409), and how many matching
+    letters were past `limit` (`remaining`: call again for them)."""
+
+    matched: int
+    requeued: int
+    letters: list[RetryResponse]
+    skipped: list[Skipped]
+    remaining: int
+
+
+class BulkDiscardResponse(msgspec.Struct, frozen=True, kw_only=True):
+    """The answer to a bulk discard: the ids removed from the dead-letter stream, those skipped
+    (gone already: 404), and how many matching letters were past `limit`."""
+
+    matched: int
+    discarded: int
+    ids: list[str]
+    skipped: list[Skipped]
+    remaining: int
+
+
+def bulk_retry_response(outcome: BulkOutcome) -> BulkRetryResponse:
+    return BulkRetryResponse(
+        matched=outcome.matched,
+        requeued=len(outcome.redriven),
+        letters=[retry_response(redriven) for redriven in outcome.redriven],
+        skipped=outcome.skipped,
+        remaining=outcome.remaining,
+    )
+
+
+def bulk_discard_response(outcome: BulkOutcome) -> BulkDiscardResponse:
+    return BulkDiscardResponse(
+        matched=outcome.matched,
+        discarded=len(outcome.discarded),
+        ids=outcome.discarded,
+        skipped=outcome.skipped,
+        remaining=outcome.remaining,
     )
