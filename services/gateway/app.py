@@ -27,6 +27,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.gateway import resources
 from services.gateway.auth import BearerTokenMiddleware, User, provide_user
+from services.gateway.dashboard.router import TEMPLATE_CONFIG, dashboard_router
 from services.gateway.dead_letters.controller import AdminController
 from services.gateway.errors import GatewayError, InvalidRequest
 from services.gateway.executions.controller import MetricsController, OperationsController
@@ -142,7 +143,7 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
         security=[{_BEARER: []}],
     )
     return Litestar(
-        route_handlers=[SystemController, MetricsController, api],
+        route_handlers=[SystemController, MetricsController, api, dashboard_router()],
         # Declared once for every controller, /health and /metrics included: each handler
         # names the resources it takes.
         dependencies=resources.PROVIDERS,
@@ -151,6 +152,7 @@ def create_app(settings: Settings, *, tracer_provider: TracerProvider | None = N
         exception_handlers=_error_map(),
         request_class=_BoundedRequest,
         openapi_config=_OPENAPI,
+        template_config=TEMPLATE_CONFIG,
         plugins=_telemetry_plugins(tracer_provider),
         # The CLI configures logging (JSON lines); Litestar must not install its own.
         logging_config=None,
