@@ -53,7 +53,7 @@ async def _timed(
     return time.perf_counter() - started
 
 
-def _cpu_s(pid: int) -> float:
+def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of process `pid` so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -88,15 +88,15 @@ async def _measure(
         ]
         await _timed(client, single[:50] + batch[:1], 4)  # warm-up: pools, caches, JIT-free paths
         await _drained(database_url)
-        cpu_before = _cpu_s(gateway_pid)
+        cpu_before = cpu_seconds(gateway_pid)
         single_s = await _timed(client, single, args.concurrency)
         await _drained(database_url)
-        cpu_single = _cpu_s(gateway_pid) - cpu_before
-        started, cpu_before = time.perf_counter(), _cpu_s(gateway_pid)
+        cpu_single = cpu_seconds(gateway_pid) - cpu_before
+        started, cpu_before = time.perf_counter(), cpu_seconds(gateway_pid)
         batch_s = await _timed(client, batch, args.batch_concurrency)
         await _drained(database_url)
         published_s = time.perf_counter() - started
-        cpu_batch = _cpu_s(gateway_pid) - cpu_before
+        cpu_batch = cpu_seconds(gateway_pid) - cpu_before
     batch_tasks = args.batches * args.batch_size
     return {
         "benchmark": "enqueue",
