@@ -34,6 +34,9 @@ def add_task_commands(commands: argparse._SubParsersAction[argparse.ArgumentPars
     enqueue = actions.add_parser("enqueue", help="queue a task")
     enqueue.add_argument("name", help="the task's registered name")
     enqueue.add_argument(
+        "pairs", nargs="*", metavar="K=V", help="arguments, as --arg takes them (image_id=7)"
+    )
+    enqueue.add_argument(
         "--arg",
         action="append",
         default=[],
@@ -107,7 +110,7 @@ def _enqueue(dl: SyncClient, args: argparse.Namespace) -> int:
         args.name,
         _priority=args.priority,
         _defer_s=args.defer,
-        **parse_arguments(args.arg, args.json_args),
+        **parse_arguments([*args.pairs, *args.arg], args.json_args),
     )
     if not args.wait:
         return _print(

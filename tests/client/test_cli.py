@@ -36,7 +36,7 @@ def test_enqueue_wait_json_status_list_and_types(stack: Pipeline, token: str) ->
     def run(*argv: str) -> subprocess.CompletedProcess[str]:
         return downlink(*argv, url=stack.url, token=token)
 
-    done = run("tasks", "enqueue", "add", "--arg", "a=2", "--arg", "b=3", "--wait", "--json")
+    done = run("tasks", "enqueue", "add", "a=2", "--arg", "b=3", "--wait", "--json")
     assert done.returncode == 0, done.stderr
     task = json.loads(done.stdout)
     assert (task["task"], task["status"], task["result"], task["args"]) == (
