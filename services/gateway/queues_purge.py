@@ -60,23 +60,31 @@ class QueuesController(Controller):
         settings: NamedDependency[Settings],
     ) -> PurgeResponse:
         """Cancel every pending task of `queue` (every user's); running ones go on."""
-        if not _QUEUE_NAME.fullmatch(queue):
-            raise InvalidRequest(f"queue: {queue!r} is not a queue name (A-Z a-z 0-9 _ . -)")
-        async with pool.acquire() as connection, connection.transaction():
-            # Locked first, in id order: none starts running before the cancel commits.
-            pending = await connection.fetch(
-                "SELECT id::text AS id FROM tasks WHERE queue = $1 AND status = 'pending'"
-                " ORDER BY id FOR UPDATE",
-                queue,
-            )
-            rows = await cancel_open_tasks(connection, [row["id"] for row in pending])
-        purged = [row["id"] for row in rows]
-        await announce_task_cancels(redis, purged, ttl_s=settings.retention_s)
-        log.warning(
-            "queue %s purged by %s: %d pending tasks cancelled",
-            queue,
-            current_user.name,
-            len(purged),
-            extra={"queue": queue, "purged": len(purged), "user_id": current_user.id},
+        purged = await purge_queue(
+            queue, user=current_user, pool=pool, redis=redis, ttl_s=settings.retention_s
         )
-        return PurgeResponse(queue=queue, purged=len(purged))
+        return PurgeResponse(queue=queue, purged=purged)
+
+
+async def purge_queue(queue: str, *, user: User, pool: Pool, redis: Redis, ttl_s: int) -> int:
+    """Cancel every pending task of `queue`; how many (InvalidRequest for a bad name)."""
+    if not _QUEUE_NAME.fullmatch(queue):
+        raise InvalidRequest(f"queue: {queue!r} is not a queue name (A-Z a-z 0-9 _ . -)")
+    async with pool.acquire() as connection, connection.transaction():
+        # Locked first, in id order: none starts running before the cancel commits.
+        pending = await connection.fetch(
+            "SELECT id::text AS id FROM tasks WHERE queue = $1 AND status = 'pending'"
+            " ORDER BY id FOR UPDATE",
+            queue,
+        )
+        rows = await cancel_open_tasks(connection, [row["id"] for row in pending])
+    purged = [row["id"] for row in rows]
+    await announce_task_cancels(redis, purged, ttl_s=ttl_s)
+    log.warning(
+        "queue %s purged by %s: %d pending tasks cancelled",
+        queue,
+        user.name,
+        len(purged),
+        extra={"queue": queue, "purged": len(purged), "user_id": user.id},
+    )
+    return len(purged)

@@ -1,4 +1,5 @@
-"""The dashboard's buttons: cancel a job, export it, download a file or an export.
+"""The dashboard's buttons: cancel a job, retry its failed files, export it, download a file or an
+export.
 
 Each form POST must carry the session's CSRF token (sessions.checked_form) and answers with a
 redirect back to the job's page, so a reload never repeats it.
@@ -30,6 +31,7 @@ from services.gateway.files import ranged_response
 from services.gateway.jobs.cancellation import announce_cancel
 from services.gateway.jobs.queries import JobRepository
 from services.gateway.outbox import OutboxRelay
+from services.gateway.retries.controller import retry_failed_of
 from shared.ids import FileId
 from shared.settings import Settings
 from shared.storage import Storage, StorageError, read_open
@@ -69,6 +71,22 @@ class JobActionsController(Controller):
         relay.wake()
         await announce_cancel(redis, job, ttl_s=settings.retention_s)
         log.info("job %s cancelled from the dashboard", job, extra={"job_id": job})
+        return Redirect(f"/dashboard/jobs/{job}", status_code=303)
+
+    @post("/{job_id:uuid}/retry-failed", status_code=303)
+    async def retry_failed(
+        self,
+        *,
+        request: Request[Any, Any, State],
+        job_id: FromPath[UUID],
+        session: NamedDependency[DashboardSession],
+        pool: NamedDependency[Pool],
+        redis: NamedDependency[Redis],
+        relay: NamedDependency[OutboxRelay],
+    ) -> Redirect:
+        await checked_form(request, session)
+        job, owner = await owner_of(pool, job_id, session)
+        await retry_failed_of(job, owner, pool=pool, redis=redis, relay=relay)
         return Redirect(f"/dashboard/jobs/{job}", status_code=303)
 
     @post("/{job_id:uuid}/export", status_code=303)

@@ -16,12 +16,20 @@ from litestar.response import Redirect, Template
 from litestar.template.config import TemplateConfig
 
 from services.gateway.dashboard.actions import DownloadsLinkController, JobActionsController
+from services.gateway.dashboard.admin import (
+    DeadLettersScreenController,
+    QueuesScreenController,
+    WorkersScreenController,
+)
 from services.gateway.dashboard.assets import StaticController
 from services.gateway.dashboard.jobs import DashboardJobsController
 from services.gateway.dashboard.overview import OverviewController
+from services.gateway.dashboard.schedules import DashboardSchedulesController
 from services.gateway.dashboard.sessions import SignInRequired, provide_session
 from services.gateway.dashboard.signin import SignInController
+from services.gateway.dashboard.tasks import DashboardTasksController
 from services.gateway.dashboard.units import FILTERS
+from services.gateway.dashboard.workflows import DashboardWorkflowsController
 from services.gateway.errors import GatewayError
 
 log = logging.getLogger(__name__)
@@ -48,6 +56,12 @@ def dashboard_router() -> Router:
             DashboardJobsController,
             JobActionsController,
             DownloadsLinkController,
+            DashboardTasksController,
+            DashboardWorkflowsController,
+            DashboardSchedulesController,
+            QueuesScreenController,
+            WorkersScreenController,
+            DeadLettersScreenController,
             StaticController,
         ],
         # Resolved only by the handlers that name `session`: the login page does not.

@@ -23,7 +23,7 @@ from services.gateway.dead_letters.letters import latest_letter_id
 from services.gateway.outbox import OutboxRelay
 from services.gateway.responses import errors
 from services.gateway.retries.queries import reopen_failed_files, reopen_tasks, retryable_tasks
-from shared.ids import JobId
+from shared.ids import FileId, JobId, UserId
 from shared.streams import cancelled_key
 from shared.task_types import TaskStatus
 from shared.telemetry import trace_headers
@@ -66,6 +66,21 @@ class TasksRetried(msgspec.Struct, frozen=True, kw_only=True):
     remaining: int
 
 
+async def retry_failed_of(
+    job: JobId, owner: UserId, *, pool: Pool, redis: Redis, relay: OutboxRelay
+) -> list[FileId]:
+    """Queue the owner's job's failed files again; their ids (JobNotFound, CannotRedrive)."""
+    upto = await latest_letter_id(redis)
+    file_ids = await reopen_failed_files(pool, owner, job, headers=trace_headers())
+    if file_ids:
+        # A timed-out job keeps its cancelled flag, which would make downloaders skip these.
+        await redis.delete(cancelled_key(job))
+        relay.wake()
+        await forget_letters_of(redis, file_ids=set(file_ids), upto=upto)
+    log.info("job %s: %d failed files queued again", job, len(file_ids))
+    return file_ids
+
+
 class RetriesController(Controller):
     """Bulk retries of the caller's own work; another user's job answers 404."""
 
@@ -89,14 +104,7 @@ class RetriesController(Controller):
         """Download every failed file of the job again, with a full set of tries; the job is
         in progress again until they end. Files that did not fail are left as they are."""
         job = JobId(str(job_id))
-        upto = await latest_letter_id(redis)
-        file_ids = await reopen_failed_files(pool, current_user.id, job, headers=trace_headers())
-        if file_ids:
-            # A timed-out job keeps its cancelled flag, which would make downloaders skip these.
-            await redis.delete(cancelled_key(job))
-            relay.wake()
-            await forget_letters_of(redis, file_ids=set(file_ids), upto=upto)
-        log.info("job %s: %d failed files queued again", job, len(file_ids))
+        file_ids = await retry_failed_of(job, current_user.id, pool=pool, redis=redis, relay=relay)
         return FailedFilesRetried(job_id=job, requeued=len(file_ids), file_ids=list(file_ids))
 
     @post("/tasks/retry", status_code=200, tags=["tasks"], responses=errors(400))

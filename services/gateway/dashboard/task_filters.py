@@ -1,0 +1,73 @@
+"""The tasks and workflows lists' filters, read from the query string; a bad value is a 400
+naming its field, as the jobs list's are."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from services.gateway.dashboard.filters import _moment as moment_field
+from services.gateway.errors import InvalidRequest
+from services.gateway.workflows.records import WorkflowStatus
+from shared.task_types import TaskStatus
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+_MAX_NAME = 200
+
+
+class TaskFilter(msgspec.Struct, frozen=True, kw_only=True):
+    """What the tasks list is narrowed to; None everywhere lists every task the viewer may see."""
+
+    task: str | None = None
+    status: TaskStatus | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    user: str | None = None
+
+    def query(self) -> dict[str, str]:
+        """The filter as the query string of the form that set it (for links to other pages)."""
+        values = {
+            "task": self.task,
+            "status": self.status,
+            "since": self.since and self.since.strftime("%Y-%m-%dT%H:%M"),
+            "until": self.until and self.until.strftime("%Y-%m-%dT%H:%M"),
+            "user": self.user,
+        }
+        return {name: str(value) for name, value in values.items() if value is not None}
+
+
+def parse_task_filter(params: Mapping[str, str], *, admin: bool) -> TaskFilter:
+    """The filter of the tasks list's query string; the user filter is for admins only."""
+    cleaned = {name: value.strip() for name, value in params.items() if value.strip()}
+    status = cleaned.get("status")
+    if status is not None and status not in set(TaskStatus):
+        raise InvalidRequest(f"status: {status!r} is not one of {', '.join(TaskStatus)}")
+    task = cleaned.get("task")
+    if task is not None and len(task) > _MAX_NAME:
+        raise InvalidRequest(f"task: at most {_MAX_NAME} characters")
+    user = cleaned.get("user")
+    if user is not None and not admin:
+        raise InvalidRequest("user: only admins filter by user")
+    return TaskFilter(
+        task=task,
+        status=TaskStatus(status) if status else None,
+        since=moment_field("since", cleaned.get("since")),
+        until=moment_field("until", cleaned.get("until")),
+        user=user,
+    )
+
+
+def parse_workflow_status(value: str | None) -> WorkflowStatus | None:
+    """The workflows list's status filter; empty lists every status."""
+    if not value or not value.strip():
+        return None
+    try:
+        return WorkflowStatus(value.strip())
+    except ValueError:
+        raise InvalidRequest(
+            f"status: {value!r} is not one of {', '.join(WorkflowStatus)}"
+        ) from None
