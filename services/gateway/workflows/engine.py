@@ -15,6 +15,8 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from opentelemetry import trace
+
 from services.gateway.workflows.launch import launch_step
 from services.gateway.workflows.records import StepStatus, WorkflowStatus
 from services.gateway.workflows.steps import insert_steps
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
     import asyncpg
 
 log = logging.getLogger(__name__)
+_TRACER = trace.get_tracer(__name__)
 
 _OPEN_STEP = "status IN ('waiting', 'launched', 'expanded')"
 
@@ -48,11 +51,18 @@ async def steps_ended(connection: asyncpg.Connection, ends: Sequence[StepEnd]) -
     for end in ends:
         by_workflow.setdefault(end.workflow_id, []).append(end)
     for workflow_id in sorted(by_workflow):
-        run = await _Run.locked(connection, workflow_id)
-        if run is None:
-            continue
-        for end in by_workflow[workflow_id]:
-            await run.end(end.key, end.status, end.result, end.error)
+        with _TRACER.start_as_current_span(
+            "workflow advance",
+            attributes={
+                "downlink.workflow_id": workflow_id,
+                "downlink.steps": [end.key for end in by_workflow[workflow_id]],
+            },
+        ):
+            run = await _Run.locked(connection, workflow_id)
+            if run is None:
+                continue
+            for end in by_workflow[workflow_id]:
+                await run.end(end.key, end.status, end.result, end.error)
 
 
 async def launch_ready(
@@ -180,6 +190,13 @@ class _Run:
             trace_headers=self.trace_headers,
         )
         if problem is not None:
+            log.warning(
+                "workflow %s: step %s cannot run: %s",
+                self.workflow_id,
+                key,
+                problem,
+                extra={"workflow_id": self.workflow_id, "step": key},
+            )
             await self.end(key, StepStatus.FAILED, None, problem)
 
     async def _expansion_step_ended(
