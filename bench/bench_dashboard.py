@@ -15,25 +15,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import httpx
-import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_enqueue import cpu_seconds
-
-from services.gateway.migrations import migrate
-from tests.support.ports import free_port
-from tests.support.postgres_server import create_database, drop_database, unique_name
-from tests.support.services import ServiceLauncher
+from lone_gateway import cpu_seconds, lone_gateway
 
 # Nothing listens here and nothing fetches it: the jobs only have to be on record.
 NOWHERE = "http://127.0.0.1:9/tile"
@@ -103,46 +95,14 @@ async def _measure(base: str, token: str, pid: int, args: argparse.Namespace) ->
     }
 
 
-def _run(args: argparse.Namespace, redis_url: str, database_url: str) -> dict[str, object]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "DOWNLINK_REDIS_URL": redis_url,
-        "DOWNLINK_DATABASE_URL": database_url,
-        "DOWNLINK_HTTP_PORT": str(port),
-        "DOWNLINK_LOG_LEVEL": "WARNING",
-    }
-    with tempfile.TemporaryDirectory() as tmp:
-        launcher = ServiceLauncher(Path(tmp))
-        token = launcher.start("token", "create", "bench", env=env)
-        token.wait(timeout=30)
-        bearer = token.log_text().split()[-1]
-        gateway = launcher.start("gateway", env=env)
-        try:
-            gateway.wait_ready(f"http://127.0.0.1:{port}", timeout=30)
-            return asyncio.run(_measure(f"http://127.0.0.1:{port}", bearer, gateway.pid, args))
-        finally:
-            launcher.stop_all()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=10_000, help="one-file jobs on record")
     parser.add_argument("--files", type=int, default=10_000, help="files of the big job")
     parser.add_argument("--loads", type=int, default=20, help="timed loads of each page")
     args = parser.parse_args()
-    redis_url = os.environ.get("DOWNLINK_BENCH_REDIS_URL", "redis://127.0.0.1:6379/15")
-    server_url = os.environ.get(
-        "DOWNLINK_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432"
-    )
-    name = unique_name("downlink_bench")
-    database_url = create_database(server_url, name)
-    try:
-        asyncio.run(migrate(database_url))
-        redis.Redis.from_url(redis_url).flushdb()
-        report = _run(args, redis_url, database_url)
-    finally:
-        drop_database(server_url, name)
+    with lone_gateway() as gateway:
+        report = asyncio.run(_measure(gateway.url, gateway.token, gateway.pid, args))
     print(json.dumps(report, indent=2))
 
 

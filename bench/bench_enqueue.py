@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,13 +24,12 @@ import httpx
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from services.gateway.migrations import migrate
+from lone_gateway import cpu_seconds, lone_gateway
+
 from services.tasks.registry import load_tasks, registered
 from shared.streams import task_types_key
-from tests.support.ports import free_port
-from tests.support.postgres_server import create_database, drop_database, unique_name
-from tests.support.services import ServiceLauncher
 
 
 async def _timed(
@@ -51,12 +48,6 @@ async def _timed(
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(workers)))
     return time.perf_counter() - started
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process `pid` so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def _drained(database_url: str) -> None:
@@ -122,33 +113,6 @@ async def _measure(
     }
 
 
-def _run(args: argparse.Namespace, redis_url: str, database_url: str) -> dict[str, object]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "DOWNLINK_REDIS_URL": redis_url,
-        "DOWNLINK_DATABASE_URL": database_url,
-        "DOWNLINK_HTTP_PORT": str(port),
-        "DOWNLINK_LOG_LEVEL": "WARNING",
-    }
-    tasks = load_tasks(["tests.tasks.sample_tasks"], queue="default")
-    client = redis.Redis.from_url(redis_url)
-    client.hset(task_types_key("bench-worker"), mapping=registered(tasks, "bench-worker"))  # type: ignore[arg-type]
-    with tempfile.TemporaryDirectory() as tmp:
-        launcher = ServiceLauncher(Path(tmp))
-        token = launcher.start("token", "create", "bench", env=env)
-        token.wait(timeout=30)
-        bearer = token.log_text().split()[-1]
-        gateway = launcher.start("gateway", env=env)
-        try:
-            gateway.wait_ready(f"http://127.0.0.1:{port}", timeout=30)
-            return asyncio.run(
-                _measure(f"http://127.0.0.1:{port}", bearer, database_url, gateway.pid, args)
-            )
-        finally:
-            launcher.stop_all()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--single", type=int, default=2000, help="single POSTs")
@@ -157,18 +121,16 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--batch-concurrency", type=int, default=2, help="batches in flight")
     args = parser.parse_args()
-    redis_url = os.environ.get("DOWNLINK_BENCH_REDIS_URL", "redis://127.0.0.1:6379/15")
-    server_url = os.environ.get(
-        "DOWNLINK_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432"
-    )
-    name = unique_name("downlink_bench")
-    database_url = create_database(server_url, name)
-    try:
-        asyncio.run(migrate(database_url))
-        redis.Redis.from_url(redis_url).flushdb()
-        report = _run(args, redis_url, database_url)
-    finally:
-        drop_database(server_url, name)
+    with lone_gateway() as gateway:
+        # The task types, as a live worker registers them: no worker runs.
+        tasks = load_tasks(["tests.tasks.sample_tasks"], queue="default")
+        redis.Redis.from_url(gateway.redis_url).hset(
+            task_types_key("bench-worker"),
+            mapping=registered(tasks, "bench-worker"),  # type: ignore[arg-type]
+        )
+        report = asyncio.run(
+            _measure(gateway.url, gateway.token, gateway.database_url, gateway.pid, args)
+        )
     print(json.dumps(report, indent=2))
 
 
