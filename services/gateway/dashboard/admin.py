@@ -21,6 +21,7 @@ from litestar.params import FromPath
 from litestar.response import Redirect, Template
 from redis.asyncio import Redis
 
+from services.gateway.dashboard.filters import moment_field
 from services.gateway.dashboard.sessions import DashboardSession, checked_form
 from services.gateway.dead_letters import letters
 from services.gateway.dead_letters.bulk import MAX_LIMIT, LetterSelection, discard_many, retry_many
@@ -77,8 +78,8 @@ def parse_letter_filter(params: Mapping[str, Any]) -> LetterFilter:
         error=cleaned.get("error"),
         job_id=cleaned.get("job_id"),
         task=cleaned.get("task"),
-        failed_after=_moment("failed_after", cleaned.get("failed_after")),
-        failed_before=_moment("failed_before", cleaned.get("failed_before")),
+        failed_after=moment_field("failed_after", cleaned.get("failed_after")),
+        failed_before=moment_field("failed_before", cleaned.get("failed_before")),
     )
 
 
@@ -94,18 +95,6 @@ def filter_query(letter_filter: LetterFilter) -> dict[str, str]:
         moment = getattr(letter_filter, name)
         values[name] = moment and moment.strftime("%Y-%m-%dT%H:%M")
     return {name: str(value) for name, value in values.items() if value is not None}
-
-
-def _moment(name: str, value: str | None) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise InvalidRequest(
-            f"{name}: {value!r} is not a date and time (YYYY-MM-DDTHH:MM)"
-        ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _back_to_letters(letter_filter: LetterFilter, **outcome: int) -> Redirect:

@@ -1,42 +1,19 @@
-"""The jobs list's filters, read from the query string; a bad value is a 400 naming its field."""
+"""The jobs list's filters, read from the query string or a bulk form; a bad value is a 400
+naming its field."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-import msgspec
-
 from services.gateway.errors import InvalidRequest
+from services.gateway.jobs.selection import JobFilter
 from shared.statuses import JobStatus
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
 _MAX_TEXT = 200
-
-
-class JobFilter(msgspec.Struct, frozen=True, kw_only=True):
-    """What the jobs list is narrowed to; None everywhere lists every job the viewer may see."""
-
-    status: JobStatus | None = None
-    priority: int | None = None
-    since: datetime | None = None
-    until: datetime | None = None
-    text: str | None = None
-    user: str | None = None
-
-    def query(self) -> dict[str, str]:
-        """The filter as the query string of the form that set it (for links to other pages)."""
-        values = {
-            "status": self.status,
-            "priority": self.priority,
-            "since": self.since and self.since.strftime("%Y-%m-%dT%H:%M"),
-            "until": self.until and self.until.strftime("%Y-%m-%dT%H:%M"),
-            "text": self.text,
-            "user": self.user,
-        }
-        return {name: str(value) for name, value in values.items() if value is not None}
 
 
 def parse_job_filter(params: Mapping[str, str], *, admin: bool) -> JobFilter:
@@ -54,8 +31,8 @@ def parse_job_filter(params: Mapping[str, str], *, admin: bool) -> JobFilter:
     return JobFilter(
         status=JobStatus(status) if status else None,
         priority=_priority(cleaned.get("priority")),
-        since=_moment("since", cleaned.get("since")),
-        until=_moment("until", cleaned.get("until")),
+        since=moment_field("since", cleaned.get("since")),
+        until=moment_field("until", cleaned.get("until")),
         text=text,
         user=user,
     )
@@ -69,8 +46,9 @@ def _priority(value: str | None) -> int | None:
     return int(value)
 
 
-def _moment(name: str, value: str | None) -> datetime | None:
-    """A time from a datetime-local field (or ISO 8601); read as UTC when it names no zone."""
+def moment_field(name: str, value: str | None) -> datetime | None:
+    """The time in form field `name` (datetime-local or ISO 8601), read as UTC when it names
+    no zone; a 400 naming the field when it is not a time."""
     if value is None:
         return None
     try:

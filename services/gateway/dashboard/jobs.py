@@ -18,6 +18,7 @@ from litestar.params import FromPath, QueryParameter
 from litestar.response import ServerSentEvent, Template
 
 from services.gateway.dashboard import queries
+from services.gateway.dashboard.bulk import bulk_outcome
 from services.gateway.dashboard.filters import parse_job_filter
 from services.gateway.dashboard.sessions import DashboardSession
 from services.gateway.errors import JobNotFound
@@ -76,6 +77,7 @@ class DashboardJobsController(Controller):
                 "page_number": page,
                 "pages": max(1, -(-total // JOBS_PER_PAGE)),
                 "query": f"{query}&" if query else "",
+                "outcome": bulk_outcome(request.query_params),
             },
         )
 

@@ -1,4 +1,5 @@
-"""/dashboard: jobs and tasks by state, the last hour's throughput; lanes and workers (admins)."""
+"""/dashboard: jobs and tasks by state, the last hour's throughput and time in queue per lane;
+lanes' depth and workers (admins)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from litestar.response import Template
 from redis.asyncio import Redis
 
 from services.gateway.dashboard.chart import sparkline
-from services.gateway.dashboard.queries import count_by_status, throughput
+from services.gateway.dashboard.queries import count_by_status, queue_waits, throughput
 from services.gateway.dashboard.sessions import DashboardSession
 from shared.queues import queue_report
 from shared.statuses import JobStatus
@@ -48,6 +49,7 @@ class OverviewController(Controller):
             "tasks": [(status, tasks.get(status, 0)) for status in _TASK_STATUSES],
             "files_chart": sparkline([files / _SECONDS_PER_MINUTE for files, _ in per_minute]),
             "mb_chart": sparkline([b / _SECONDS_PER_MINUTE / 1e6 for _, b in per_minute]),
+            "waits": await queue_waits(pool, owner),
         }
         if user.is_admin:
             context |= await _operations(redis)

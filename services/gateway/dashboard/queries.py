@@ -10,12 +10,14 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from services.gateway.jobs.selection import JOB_WHERE, job_filter_args
 from shared.ids import UserId
+from shared.streams import DOWNLOAD_LANES, Lane, download_stream, lane_for, task_stream
 
 if TYPE_CHECKING:
     import asyncpg
 
-    from services.gateway.dashboard.filters import JobFilter
+    from services.gateway.jobs.selection import JobFilter
     from shared.ids import JobId
 
 THROUGHPUT_WINDOW_MIN = 60
@@ -74,6 +76,16 @@ class TimelineEntry(msgspec.Struct, frozen=True, kw_only=True):
     payload: dict[str, Any]
 
 
+class LaneWait(msgspec.Struct, frozen=True, kw_only=True):
+    """How long work waited in one lane between its enqueue and its first try's start, over the
+    last hour (None: nothing started there)."""
+
+    lane: str
+    runs: int = 0
+    median_s: float | None = None
+    p95_s: float | None = None
+
+
 class ExportRow(msgspec.Struct, frozen=True, kw_only=True):
     id: str
     status: str
@@ -112,31 +124,50 @@ async def throughput(pool: asyncpg.Pool, owner: UserId | None) -> list[tuple[int
     return per_minute
 
 
-_JOB_WHERE = (
-    " WHERE ($1::uuid IS NULL OR j.user_id = $1) AND ($2::text IS NULL OR j.status = $2)"
-    " AND ($3::smallint IS NULL OR j.priority = $3)"
-    " AND ($4::timestamptz IS NULL OR j.created_at >= $4)"
-    " AND ($5::timestamptz IS NULL OR j.created_at < $5)"
-    # strpos, not LIKE: the text is matched as typed, % and _ included.
-    " AND ($6::text IS NULL OR strpos(lower(j.metadata::text), lower($6)) > 0)"
-    " AND ($7::text IS NULL OR u.name = $7)"
+# The first try of each run started within the window: a download waited from its job's submit
+# (or its re-drive), a task from when it was due. Lanes by priority as shared.streams.lane_for.
+_WAITS = """
+WITH recent AS MATERIALIZED (
+  SELECT task, subject_id, job_id, started_at FROM executions
+  WHERE attempt = 1 AND task IN ('download', 'task')
+    AND started_at > now() - make_interval(mins => $2) AND ($1::uuid IS NULL OR user_id = $1)
+), waits AS (
+  SELECT NULL AS queue, j.priority, extract(epoch FROM r.started_at - greatest(j.created_at,
+    CASE WHEN j.reopened_at <= r.started_at THEN j.reopened_at END)) AS wait_s
+  FROM recent r JOIN jobs j ON j.id = r.job_id WHERE r.task = 'download'
+  UNION ALL
+  SELECT t.queue, t.priority, extract(epoch FROM r.started_at - t.run_at)
+  FROM recent r JOIN tasks t ON t.id = r.subject_id::uuid WHERE r.task = 'task'
 )
+SELECT queue, ($3::text[])[priority] AS lane, count(*) AS runs,
+  percentile_cont(0.5) WITHIN GROUP (ORDER BY greatest(wait_s, 0)) AS median_s,
+  percentile_cont(0.95) WITHIN GROUP (ORDER BY greatest(wait_s, 0)) AS p95_s
+FROM waits GROUP BY 1, 2
+"""
+
+
+async def queue_waits(pool: asyncpg.Pool, owner: UserId | None) -> list[LaneWait]:
+    """Median and p95 time in queue per lane over the last hour: every download lane, then
+    each task queue's lanes that ran something, by name."""
+    lanes = [str(lane_for(priority)) for priority in range(1, 11)]
+    rows = await pool.fetch(_WAITS, owner, THROUGHPUT_WINDOW_MIN, lanes)
+    waits: dict[str, LaneWait] = {}
+    for row in rows:
+        lane = Lane(row["lane"])
+        name = download_stream(lane) if row["queue"] is None else task_stream(row["queue"], lane)
+        waits[name] = LaneWait(
+            lane=name, runs=row["runs"], median_s=row["median_s"], p95_s=row["p95_s"]
+        )
+    shown = [waits.pop(name, LaneWait(lane=name)) for name in DOWNLOAD_LANES]
+    return shown + [waits[name] for name in sorted(waits)]
 
 
 async def list_jobs(
     pool: asyncpg.Pool, owner: UserId | None, wanted: JobFilter, *, page: int, per_page: int
 ) -> tuple[list[JobRow], int]:
     """One page of the jobs matching `wanted`, newest first, and how many match in all."""
-    args = (
-        owner,
-        wanted.status,
-        wanted.priority,
-        wanted.since,
-        wanted.until,
-        wanted.text,
-        wanted.user,
-    )
-    source = " FROM jobs j JOIN users u ON u.id = j.user_id" + _JOB_WHERE
+    args = job_filter_args(owner, wanted)
+    source = " FROM jobs j JOIN users u ON u.id = j.user_id" + JOB_WHERE
     async with pool.acquire() as connection, connection.transaction(readonly=True):
         total = await connection.fetchval(f"SELECT count(*){source}", *args)
         rows = await connection.fetch(

@@ -22,6 +22,7 @@ from services.gateway.dashboard.admin import (
     WorkersScreenController,
 )
 from services.gateway.dashboard.assets import StaticController
+from services.gateway.dashboard.bulk import BulkActionsController
 from services.gateway.dashboard.jobs import DashboardJobsController
 from services.gateway.dashboard.overview import OverviewController
 from services.gateway.dashboard.schedules import DashboardSchedulesController
@@ -55,6 +56,7 @@ def dashboard_router() -> Router:
             OverviewController,
             DashboardJobsController,
             JobActionsController,
+            BulkActionsController,
             DownloadsLinkController,
             DashboardTasksController,
             DashboardWorkflowsController,

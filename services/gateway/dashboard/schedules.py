@@ -8,7 +8,6 @@ services.gateway.schedules; another user's schedule answers 404, admins act on a
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -23,15 +22,9 @@ from services.gateway.dashboard import task_queries
 from services.gateway.dashboard.sessions import DashboardSession, checked_form
 from services.gateway.outbox import OutboxRelay
 from services.gateway.responses import PageNumber
-from services.gateway.schedules import cadence
+from services.gateway.schedules.control import pause_schedule, resume_schedule, run_schedule_now
 from services.gateway.schedules.errors import ScheduleNotFound
-from services.gateway.schedules.firing import fire
-from services.gateway.schedules.queries import (
-    delete_schedule,
-    get_schedule,
-    record_run,
-    set_paused,
-)
+from services.gateway.schedules.queries import delete_schedule
 from shared.ids import UserId
 
 log = logging.getLogger(__name__)
@@ -92,11 +85,7 @@ class DashboardSchedulesController(Controller):
     ) -> Redirect:
         await checked_form(request, session)
         schedule, owner = await schedule_owner(pool, schedule_id, session)
-        async with pool.acquire() as connection, connection.transaction():
-            found = await get_schedule(connection, owner, schedule, for_update=True)
-            await set_paused(
-                connection, found.schedule_id, paused=True, next_run_at=found.next_run_at
-            )
+        await pause_schedule(pool, owner, schedule)
         return Redirect("/dashboard/schedules", status_code=303)
 
     @post("/{schedule_id:uuid}/resume", status_code=303)
@@ -111,13 +100,7 @@ class DashboardSchedulesController(Controller):
         """Fire again from the first run after now, as the JSON API's resume does."""
         await checked_form(request, session)
         schedule, owner = await schedule_owner(pool, schedule_id, session)
-        async with pool.acquire() as connection, connection.transaction():
-            found = await get_schedule(connection, owner, schedule, for_update=True)
-            if found.paused:
-                next_run_at = cadence.first_run(found.cadence, datetime.now(UTC))
-                await set_paused(
-                    connection, found.schedule_id, paused=False, next_run_at=next_run_at
-                )
+        await resume_schedule(pool, owner, schedule)
         return Redirect("/dashboard/schedules", status_code=303)
 
     @post("/{schedule_id:uuid}/run", status_code=303)
@@ -133,16 +116,12 @@ class DashboardSchedulesController(Controller):
         """Enqueue one run now, paused or not; the cadence goes on as it was."""
         await checked_form(request, session)
         schedule, owner = await schedule_owner(pool, schedule_id, session)
-        async with pool.acquire() as connection, connection.transaction():
-            found = await get_schedule(connection, owner, schedule, for_update=True)
-            task_id = await fire(connection, found, datetime.now(UTC))
-            await record_run(connection, found.schedule_id, task_id=task_id, next_run_at=None)
-        relay.wake()
+        _, task_id = await run_schedule_now(pool, owner, schedule, relay=relay)
         log.info(
-            "schedule %s run now from the dashboard: task %s",
+            "schedule %s run now from the dashboard by %s: task %s",
             schedule,
+            session.user.name,
             task_id,
-            extra={"schedule_id": schedule, "task_id": task_id},
         )
         return Redirect("/dashboard/schedules", status_code=303)
 

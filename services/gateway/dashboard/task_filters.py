@@ -3,13 +3,11 @@ naming its field, as the jobs list's are."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import TYPE_CHECKING
 
-import msgspec
-
-from services.gateway.dashboard.filters import _moment as moment_field
+from services.gateway.dashboard.filters import moment_field
 from services.gateway.errors import InvalidRequest
+from services.gateway.tasks.selection import TaskFilter
 from services.gateway.workflows.records import WorkflowStatus
 from shared.task_types import TaskStatus
 
@@ -17,27 +15,6 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
 _MAX_NAME = 200
-
-
-class TaskFilter(msgspec.Struct, frozen=True, kw_only=True):
-    """What the tasks list is narrowed to; None everywhere lists every task the viewer may see."""
-
-    task: str | None = None
-    status: TaskStatus | None = None
-    since: datetime | None = None
-    until: datetime | None = None
-    user: str | None = None
-
-    def query(self) -> dict[str, str]:
-        """The filter as the query string of the form that set it (for links to other pages)."""
-        values = {
-            "task": self.task,
-            "status": self.status,
-            "since": self.since and self.since.strftime("%Y-%m-%dT%H:%M"),
-            "until": self.until and self.until.strftime("%Y-%m-%dT%H:%M"),
-            "user": self.user,
-        }
-        return {name: str(value) for name, value in values.items() if value is not None}
 
 
 def parse_task_filter(params: Mapping[str, str], *, admin: bool) -> TaskFilter:

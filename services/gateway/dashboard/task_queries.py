@@ -14,12 +14,13 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from services.gateway.tasks.live import TaskTry
+from services.gateway.tasks.selection import TASK_WHERE, task_filter_args
 from shared.ids import UserId
 
 if TYPE_CHECKING:
     import asyncpg
 
-    from services.gateway.dashboard.task_filters import TaskFilter
+    from services.gateway.tasks.selection import TaskFilter
     from services.gateway.workflows.records import WorkflowStatus
 
 TRIES_SHOWN = 200
@@ -69,21 +70,12 @@ class ScheduleRow(msgspec.Struct, frozen=True, kw_only=True):
     last_workflow_id: str | None
 
 
-_TASK_WHERE = (
-    " WHERE ($1::uuid IS NULL OR t.user_id = $1) AND ($2::text IS NULL OR t.task = $2)"
-    " AND ($3::text IS NULL OR t.status = $3)"
-    " AND ($4::timestamptz IS NULL OR t.created_at >= $4)"
-    " AND ($5::timestamptz IS NULL OR t.created_at < $5)"
-    " AND ($6::text IS NULL OR u.name = $6)"
-)
-
-
 async def list_tasks(
     pool: asyncpg.Pool, owner: UserId | None, wanted: TaskFilter, *, page: int, per_page: int
 ) -> tuple[list[TaskRow], int]:
     """One page of the tasks matching `wanted`, newest first, and how many match in all."""
-    args = (owner, wanted.task, wanted.status, wanted.since, wanted.until, wanted.user)
-    source = " FROM tasks t JOIN users u ON u.id = t.user_id" + _TASK_WHERE
+    args = task_filter_args(owner, wanted)
+    source = " FROM tasks t JOIN users u ON u.id = t.user_id" + TASK_WHERE
     async with pool.acquire() as connection, connection.transaction(readonly=True):
         total = await connection.fetchval(f"SELECT count(*){source}", *args)
         rows = await connection.fetch(

@@ -20,6 +20,7 @@ from litestar.response import Redirect, ServerSentEvent, Template
 from redis.asyncio import Redis
 
 from services.gateway.dashboard import task_queries
+from services.gateway.dashboard.bulk import bulk_outcome
 from services.gateway.dashboard.sessions import DashboardSession, checked_form
 from services.gateway.dashboard.task_filters import parse_task_filter
 from services.gateway.live import AfterQuery, LastEventIdHeader, draining, resume_after
@@ -82,6 +83,7 @@ class DashboardTasksController(Controller):
                 "page_number": page,
                 "pages": max(1, -(-total // TASKS_PER_PAGE)),
                 "query": f"{query}&" if query else "",
+                "outcome": bulk_outcome(request.query_params),
             },
         )
 

@@ -26,14 +26,11 @@ from services.gateway.dashboard.sessions import DashboardSession, checked_form
 from services.gateway.dashboard.step_graph import layout
 from services.gateway.dashboard.task_filters import parse_workflow_status
 from services.gateway.errors import NotFound
-from services.gateway.exports.cancellation import announce_export_cancel
 from services.gateway.files import attachment
-from services.gateway.jobs.cancellation import announce_cancel
 from services.gateway.outbox import OutboxRelay
 from services.gateway.responses import PageNumber
-from services.gateway.tasks.cancellation import announce_task_cancels
 from services.gateway.workflows.artifacts import artifact_named
-from services.gateway.workflows.cancellation import cancel_workflow
+from services.gateway.workflows.cancellation import stop_workflow
 from services.gateway.workflows.errors import WorkflowNotFound
 from services.gateway.workflows.queries import get_workflow
 from services.gateway.workflows.records import FINAL_WORKFLOW_STATUSES, WorkflowStatus
@@ -166,16 +163,14 @@ class DashboardWorkflowsController(Controller):
     ) -> Redirect:
         await checked_form(request, session)
         workflow, owner = await workflow_owner(pool, workflow_id, session)
-        async with pool.acquire() as connection, connection.transaction():
-            cancelled = await cancel_workflow(
-                connection, owner, workflow, trace_headers=trace_headers()
-            )
-        relay.wake()
-        # After the commit, as the JSON API does: PostgreSQL holds the cancel, Redis hurries it.
-        await announce_task_cancels(redis, cancelled.task_ids, ttl_s=settings.retention_s)
-        for job_id in cancelled.job_ids:
-            await announce_cancel(redis, job_id, ttl_s=settings.retention_s)
-        for export_id in cancelled.export_ids:
-            await announce_export_cancel(redis, export_id, ttl_s=settings.retention_s)
+        await stop_workflow(
+            pool,
+            owner,
+            workflow,
+            redis=redis,
+            relay=relay,
+            ttl_s=settings.retention_s,
+            trace_headers=trace_headers(),
+        )
         log.info("workflow %s cancelled from the dashboard by %s", workflow, session.user.name)
         return Redirect(f"/dashboard/workflows/{workflow}", status_code=303)

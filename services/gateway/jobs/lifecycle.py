@@ -151,6 +151,22 @@ async def mark_job_cancelled(
     await job_step_ended(connection, job_id, JobStatus.CANCELLED)
 
 
+async def cancel_open_jobs(
+    connection: asyncpg.Connection,
+    job_ids: Collection[str],
+    reason: str,
+    *,
+    headers: dict[str, str],
+) -> list[JobId]:
+    """Lock the jobs in id order and cancel those still open (the caller's transaction); the
+    ones it cancelled. Downloaders are told after the commit."""
+    locked = await lock_jobs(connection, job_ids)
+    cancelled = [job for job, status in locked.items() if status not in FINAL_JOB_STATUSES]
+    for job in cancelled:
+        await mark_job_cancelled(connection, job, reason, headers=headers)
+    return cancelled
+
+
 # --- timeouts (the reconciler) --------------------------------------------------------------
 
 

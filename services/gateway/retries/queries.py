@@ -19,8 +19,6 @@ if TYPE_CHECKING:
 
     import asyncpg
 
-    from shared.task_types import TaskStatus
-
 
 async def reopen_failed_files(
     pool: asyncpg.Pool, user_id: UserId, job_id: JobId, *, headers: dict[str, str]
@@ -81,29 +79,6 @@ def _command(row: asyncpg.Record, job_id: JobId, user_id: UserId) -> DownloadFil
         sha256=row["expected_sha256"],
         priority=row["priority"],
     )
-
-
-async def retryable_tasks(
-    pool: asyncpg.Pool,
-    user_id: UserId,
-    *,
-    statuses: Sequence[TaskStatus],
-    task: str | None,
-    limit: int,
-) -> tuple[list[str], int]:
-    """Ids of the user's tasks in `statuses` (of `task`, if given), oldest first, at most
-    `limit`; and how many match in all."""
-    rows = await pool.fetch(
-        "SELECT id, count(*) OVER () AS total FROM tasks"
-        " WHERE user_id = $1 AND status = ANY($2::text[]) AND ($3::text IS NULL OR task = $3)"
-        " ORDER BY created_at, id LIMIT $4",
-        user_id,
-        [str(status) for status in statuses],
-        task,
-        limit,
-    )
-    total = int(rows[0]["total"]) if rows else 0
-    return [str(row["id"]) for row in rows], total
 
 
 async def reopen_tasks(

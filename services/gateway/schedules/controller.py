@@ -19,14 +19,12 @@ from services.gateway.auth import User
 from services.gateway.outbox import OutboxRelay
 from services.gateway.responses import PageNumber, PerPage, allow_methods, errors
 from services.gateway.schedules import cadence
-from services.gateway.schedules.firing import fire
+from services.gateway.schedules.control import pause_schedule, resume_schedule, run_schedule_now
 from services.gateway.schedules.queries import (
     delete_schedule,
     get_schedule,
     insert_schedule,
     list_schedules,
-    record_run,
-    set_paused,
 )
 from services.gateway.schedules.records import Cadence, NewSchedule
 from services.gateway.schedules.schemas import (
@@ -140,14 +138,7 @@ class SchedulesController(Controller):
         pool: NamedDependency[Pool],
     ) -> ScheduleResponse:
         """Stop firing the schedule until it is resumed (pausing a paused one changes nothing)."""
-        async with pool.acquire() as connection, connection.transaction():
-            found = await get_schedule(
-                connection, current_user.id, str(schedule_id), for_update=True
-            )
-            paused = await set_paused(
-                connection, found.schedule_id, paused=True, next_run_at=found.next_run_at
-            )
-        return schedule_response(paused)
+        return schedule_response(await pause_schedule(pool, current_user.id, str(schedule_id)))
 
     @post("/{schedule_id:uuid}/resume", status_code=200, responses=_ONE)
     async def resume(
@@ -159,17 +150,7 @@ class SchedulesController(Controller):
     ) -> ScheduleResponse:
         """Fire the schedule again, from its first run after now: the runs that fell while it
         was paused are not made up for, whatever its missed-run policy."""
-        async with pool.acquire() as connection, connection.transaction():
-            found = await get_schedule(
-                connection, current_user.id, str(schedule_id), for_update=True
-            )
-            if not found.paused:
-                return schedule_response(found)
-            next_run_at = cadence.first_run(found.cadence, datetime.now(UTC))
-            resumed = await set_paused(
-                connection, found.schedule_id, paused=False, next_run_at=next_run_at
-            )
-        return schedule_response(resumed)
+        return schedule_response(await resume_schedule(pool, current_user.id, str(schedule_id)))
 
     @post("/{schedule_id:uuid}/run", status_code=202, responses=_ONE)
     async def run_now(
@@ -181,22 +162,8 @@ class SchedulesController(Controller):
         relay: NamedDependency[OutboxRelay],
     ) -> ScheduleRunResponse:
         """Enqueue one run now, paused or not; the schedule's cadence goes on as it was."""
-        async with pool.acquire() as connection, connection.transaction():
-            found = await get_schedule(
-                connection, current_user.id, str(schedule_id), for_update=True
-            )
-            task_id = await fire(connection, found, datetime.now(UTC))
-            await record_run(connection, found.schedule_id, task_id=task_id, next_run_at=None)
-        relay.wake()
-        span = trace.get_current_span()
-        span.set_attribute("downlink.schedule_id", found.schedule_id)
-        span.set_attribute("downlink.task_id", task_id)
-        log.info(
-            "schedule %s run now: task %s %s",
-            found.schedule_id,
-            found.task,
-            task_id,
-            extra={"schedule_id": found.schedule_id, "task_id": task_id},
+        found, task_id = await run_schedule_now(
+            pool, current_user.id, str(schedule_id), relay=relay
         )
         return ScheduleRunResponse(schedule_id=found.schedule_id, task_id=task_id)
 

@@ -2,7 +2,8 @@
 
 The rows are locked in the tracker's order (jobs, tasks, exports, then the workflow), so a cancel
 racing the projection of a step's end cannot deadlock with it. The workers are told after the
-commit, by the caller: PostgreSQL holds the cancel, Redis only hurries it.
+commit (`stop_workflow` does both, for the JSON API and the dashboard): PostgreSQL holds the
+cancel, Redis only hurries it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from services.gateway.exports.cancellation import announce_export_cancel
+from services.gateway.jobs.cancellation import announce_cancel
 from services.gateway.jobs.lifecycle import mark_job_cancelled
+from services.gateway.tasks.cancellation import announce_task_cancels
 from services.gateway.tasks.queries import cancel_open_tasks
 from services.gateway.workflows.errors import WorkflowAlreadyEnded, WorkflowNotFound
 from services.gateway.workflows.records import FINAL_WORKFLOW_STATUSES, WorkflowStatus
@@ -19,7 +23,9 @@ from shared.ids import JobId
 
 if TYPE_CHECKING:
     import asyncpg
+    from redis.asyncio import Redis
 
+    from services.gateway.outbox import OutboxRelay
     from shared.ids import UserId
 
 
@@ -88,3 +94,28 @@ async def cancel_workflow(
         job_ids=[JobId(job["id"]) for job in jobs],
         export_ids=[row["id"] for row in exports],
     )
+
+
+async def stop_workflow(
+    pool: asyncpg.Pool,
+    owner: UserId,
+    workflow_id: str,
+    *,
+    redis: Redis,
+    relay: OutboxRelay,
+    ttl_s: int,
+    trace_headers: dict[str, str],
+) -> Cancelled:
+    """Cancel the workflow on the record (cancel_workflow's errors), then tell the workers of
+    its steps' tasks, jobs and exports."""
+    async with pool.acquire() as connection, connection.transaction():
+        cancelled = await cancel_workflow(
+            connection, owner, workflow_id, trace_headers=trace_headers
+        )
+    relay.wake()
+    await announce_task_cancels(redis, cancelled.task_ids, ttl_s=ttl_s)
+    for job_id in cancelled.job_ids:
+        await announce_cancel(redis, job_id, ttl_s=ttl_s)
+    for export_id in cancelled.export_ids:
+        await announce_export_cancel(redis, export_id, ttl_s=ttl_s)
+    return cancelled

@@ -19,18 +19,15 @@ from redis.asyncio import Redis
 
 from services.gateway.auth import User
 from services.gateway.errors import InvalidRequest, NotFound
-from services.gateway.exports.cancellation import announce_export_cancel
 from services.gateway.exports.records import CreatedExport
 from services.gateway.exports.schemas import ExportCreateResponse, export_created_response
 from services.gateway.files import attachment
-from services.gateway.jobs.cancellation import announce_cancel
 from services.gateway.jobs.specs import SubmitRequest
 from services.gateway.outbox import OutboxRelay
 from services.gateway.responses import IdempotencyKey, PageNumber, PerPage, allow_methods, errors
-from services.gateway.tasks.cancellation import announce_task_cancels
 from services.gateway.tasks.controller import catalogue
 from services.gateway.workflows.artifacts import artifact_named, export_workflow
-from services.gateway.workflows.cancellation import cancel_workflow
+from services.gateway.workflows.cancellation import stop_workflow
 from services.gateway.workflows.errors import WorkflowRefused
 from services.gateway.workflows.queries import get_workflow, list_workflows
 from services.gateway.workflows.records import WorkflowStatus
@@ -231,16 +228,15 @@ class WorkflowsController(Controller):
     ) -> WorkflowCancelResponse:
         """Cancel every queued and running step; the steps not started never start."""
         workflow = str(workflow_id)
-        async with pool.acquire() as connection, connection.transaction():
-            cancelled = await cancel_workflow(
-                connection, current_user.id, workflow, trace_headers=trace_headers()
-            )
-        relay.wake()
-        await announce_task_cancels(redis, cancelled.task_ids, ttl_s=settings.retention_s)
-        for job_id in cancelled.job_ids:
-            await announce_cancel(redis, job_id, ttl_s=settings.retention_s)
-        for export_id in cancelled.export_ids:
-            await announce_export_cancel(redis, export_id, ttl_s=settings.retention_s)
+        await stop_workflow(
+            pool,
+            current_user.id,
+            workflow,
+            redis=redis,
+            relay=relay,
+            ttl_s=settings.retention_s,
+            trace_headers=trace_headers(),
+        )
         return WorkflowCancelResponse(workflow_id=workflow, status=WorkflowStatus.CANCELLED)
 
 
