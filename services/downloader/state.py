@@ -69,16 +69,31 @@ class RedisNames:
     """One hash per job: filename -> file id."""
 
     def __init__(self, redis: Redis, ttl_s: int) -> None:
+        self._redis = redis
         self._ttl_s = ttl_s
         # EVALSHA: the script's text crosses the wire once, not with every file.
         self._claim = redis.register_script(_CLAIM_NAME)
+        # Concurrent downloads' claims share one pipeline; each script still runs atomically.
+        self._claims: RoundTrips[tuple[JobId, str, FileId], Claim] = RoundTrips(self._claim_all)
 
     async def claim(self, job_id: JobId, name: str, file_id: FileId) -> Claim:
-        result = await self._claim(keys=[names_key(job_id)], args=[name, file_id, self._ttl_s])
-        text = result.decode() if isinstance(result, bytes) else str(result)
-        if text not in ("new", "ours", "taken"):
-            raise RuntimeError(f"unexpected name claim answer {text!r}")
-        return text  # type: ignore[return-value]
+        return await self._claims.submit((job_id, name, file_id))
+
+    async def _claim_all(self, claims: list[tuple[JobId, str, FileId]]) -> list[Claim]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for job_id, name, file_id in claims:
+                await self._claim(
+                    keys=[names_key(job_id)], args=[name, file_id, self._ttl_s], client=pipe
+                )
+            answers = await pipe.execute()
+        return [_claim_answer(answer) for answer in answers]
+
+
+def _claim_answer(answer: object) -> Claim:
+    text = answer.decode() if isinstance(answer, bytes) else str(answer)
+    if text not in ("new", "ours", "taken"):
+        raise RuntimeError(f"unexpected name claim answer {text!r}")
+    return text  # type: ignore[return-value]
 
 
 class CancelWatcher:

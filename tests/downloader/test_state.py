@@ -56,6 +56,20 @@ async def test_concurrent_claims_of_one_name_have_one_winner(redis: Redis) -> No
     assert sorted(answers) == ["new"] + ["taken"] * 9
 
 
+async def test_claims_sent_together_each_get_their_own_answer(redis: Redis) -> None:
+    names = RedisNames(redis, ttl_s=60)
+    assert await names.claim(JOB, "kept.tif", FileId("f-0")) == "new"
+    answers = await asyncio.gather(
+        names.claim(JOB, "kept.tif", FileId("f-0")),
+        names.claim(JOB, "kept.tif", FileId("f-1")),
+        names.claim(JobId("job-2"), "kept.tif", FileId("f-1")),
+        names.claim(JOB, "other.tif", FileId("f-2")),
+        names.claim(JOB, "other.tif", FileId("f-2")),
+    )
+    assert answers == ["ours", "taken", "new", "new", "ours"]
+    assert await redis.hgetall(names_key(JOB)) == {b"kept.tif": b"f-0", b"other.tif": b"f-2"}
+
+
 async def test_is_cancelled_follows_the_redis_key(redis: Redis) -> None:
     watcher = CancelWatcher(redis)
     assert not await watcher.is_cancelled(JOB)
