@@ -66,6 +66,9 @@ log = logging.getLogger(__name__)
 # One batch in flight while the next is read; measured in the report of the batch change.
 TRACKER_CONCURRENCY = 2
 TRACKER_BATCH_SIZE = 256
+# Group commit: a read that did not fill a batch waits this long before the next, so events
+# arriving one by one share a transaction; a quiet stream's first event goes at once.
+TRACKER_LINGER_S = 0.05
 _MAX_DB_WAIT_S = 10.0
 
 # Every projected event type and its area's projector. JobFinished (the tracker's own output)
@@ -261,6 +264,7 @@ class Tracker:
             handler=self._handle,
             batch_handler=self._handle_batch,
             batch_size=batch_size,
+            batch_linger_s=TRACKER_LINGER_S,
             policy=ConsumerPolicy.from_settings(settings, concurrency=concurrency),
             tracer_provider=tracer_provider,
         )

@@ -131,6 +131,48 @@ async def test_a_batch_handler_gets_whole_reads_acked_only_after_it_returns(
     )
 
 
+@pytest.mark.parametrize(("linger_s", "expected"), [(0.0, [1, 1, 1, 1, 1]), (1.0, [1, 4])])
+async def test_a_lingering_reader_gathers_entries_that_trickle_in_into_one_batch(
+    redis: Redis, publisher: BrokerPublisher, linger_s: float, expected: list[int]
+) -> None:
+    batches: list[int] = []
+    all_done = asyncio.Event()
+
+    async def batch_handler(deliveries: Sequence[Delivery]) -> None:
+        batches.append(len(deliveries))
+        if sum(batches) == 5:
+            all_done.set()
+
+    async def handler(delivery: Delivery) -> None:
+        pytest.fail("the single handler ran although no batch failed")
+
+    async def trickle() -> None:
+        for n in range(5):
+            await publisher.send(command(n), NORMAL)
+            if n == 0 or not linger_s:  # the reader is idle, waiting on the stream
+                await eventually(lambda n=n: _sum_is(batches, n + 1), 5, f"entry {n} read")
+            await asyncio.sleep(0.05)
+
+    stream_consumer = consumer(
+        redis,
+        handler=handler,
+        batch_handler=batch_handler,
+        batch_size=64,
+        batch_linger_s=linger_s,
+        policy=ConsumerPolicy(concurrency=1, shutdown_grace_s=0.2),
+    )
+    feeding = asyncio.create_task(trickle())
+    await run_until(stream_consumer, all_done)
+    await feeding
+
+    # The first entry is never held back; with a linger the four behind it share one batch.
+    assert batches == expected
+
+
+async def _sum_is(batches: list[int], total: int) -> bool:
+    return sum(batches) == total
+
+
 async def test_a_failing_batch_is_handled_entry_by_entry_isolating_the_poison_one(
     redis: Redis, publisher: BrokerPublisher
 ) -> None:
