@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
@@ -237,14 +237,15 @@ async def _supervise(
             try:
                 await consumer.run()
             finally:
-                await _cancel(beside)
+                await cancel_until_done(beside)
     except ExceptionGroup as failure:
         # The loops beside are guarded, so this is the consumer's own error: raise it as is.
         raise failure.exceptions[0] from None
     return crashed
 
 
-async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+async def cancel_until_done(tasks: Iterable[asyncio.Task[Any]]) -> None:
+    """Cancel `tasks` and wait until every one has ended."""
     pending = set(tasks)
     while pending:
         for task in pending:

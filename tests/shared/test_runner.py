@@ -25,7 +25,13 @@ from shared.broker import create_broker
 from shared.consumer import ConsumerPolicy, DeadLetter
 from shared.errors import PermanentError, TransientError
 from shared.redis_client import open_redis
-from shared.runner import BackgroundLoopCrashed, Listener, WorkerSpec, run_worker
+from shared.runner import (
+    BackgroundLoopCrashed,
+    Listener,
+    WorkerSpec,
+    cancel_until_done,
+    run_worker,
+)
 from shared.settings import Settings
 from shared.streams import CANCEL_CHANNEL, DEAD_STREAM
 from shared.workers import list_workers
@@ -120,18 +126,9 @@ async def start(
         return tasks[-1]
 
     yield run
-    for task in tasks:
-        await cancel_until_done(task)
-
-
-async def cancel_until_done(task: asyncio.Task[None]) -> None:
-    """Cancel `task`, again every second: on Python 3.11 a library's `asyncio.wait_for` (redis-py
-    wraps its sends in one) can swallow a cancel that lands as the awaited call ends. A single
-    cancel hung a teardown for 300 s when the suite ran two processes on two cores."""
-    while not task.done():
-        task.cancel()
-        await asyncio.wait({task}, timeout=1.0)
-    await asyncio.gather(task, return_exceptions=True)
+    # Cancelled until they end: a library's wait_for on Python 3.11 can swallow one cancel.
+    await cancel_until_done(tasks)
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def resize_spec(
@@ -232,7 +229,9 @@ async def test_hooks_get_the_decoded_command_and_a_poison_body_is_dead_lettered(
         return await redis.xlen(DEAD_STREAM) == 3 and await pending(redis) == 0
 
     await eventually(settled, 10, "three dead letters")
-    await cancel_until_done(worker)
+    await cancel_until_done([worker])
+    with contextlib.suppress(asyncio.CancelledError):
+        await worker
 
     letters = [
         msgspec.json.decode(fields[b"letter"], type=DeadLetter)
